@@ -1,0 +1,38 @@
+// Locating ../shared/data for tests. Tests that need it call QF_REQUIRE_DATA(path): when the file is
+// missing the test is skipped with a message, except under CI=true where absence is a failure.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+namespace qforge::test {
+
+// QFORGE_SHARED_DATA if set, else <source root>/../shared/data.
+inline std::filesystem::path shared_data() {
+  if (const char* env = std::getenv("QFORGE_SHARED_DATA")) return env;
+  return std::filesystem::path(QFORGE_SOURCE_DIR) / ".." / "shared" / "data";
+}
+
+inline bool running_in_ci() {
+  const char* ci = std::getenv("CI");
+  return ci != nullptr && std::string(ci) == "true";
+}
+
+// Path of the built qforge executable, for tests of the command line.
+inline std::string qforge_binary() { return QFORGE_BINARY; }
+
+// A fresh empty directory under the build tree's temp area, removed by the caller if it wants.
+std::filesystem::path make_temp_dir(const std::string& tag);
+
+}  // namespace qforge::test
+
+#define QF_REQUIRE_DATA(path)                                                            \
+  do {                                                                                   \
+    if (!std::filesystem::exists(path)) {                                                \
+      if (::qforge::test::running_in_ci()) FAIL() << "missing test data under CI: " << (path); \
+      GTEST_SKIP() << "test data not found (skipping): " << (path);                      \
+    }                                                                                    \
+  } while (0)

@@ -1,0 +1,93 @@
+#include "worker/llama_model.h"
+
+#include <ATen/ATen.h>
+
+#include "common/error.h"
+
+namespace qforge::worker {
+
+at::ScalarType parse_compute_dtype(const std::string& name) {
+  if (name == "float32" || name == "fp32") return at::kFloat;
+  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
+  if (name == "float16" || name == "fp16") return at::kHalf;
+  throw InputError("--dtype", "", "unknown dtype '" + name + "' (float32|bfloat16|float16)");
+}
+
+at::Device parse_device(const std::string& name) {
+  if (name == "cpu") return at::kCPU;
+  if (name.rfind("cuda", 0) == 0) {
+    at::Device d = at::kCPU;
+    try {
+      d = at::Device(name);
+    } catch (const std::exception&) {
+      throw InputError("--device", "", "cannot parse device '" + name + "'");
+    }
+    if (!at::hasCUDA()) throw InputError("--device", "", "'" + name + "' requested but this build/machine has no CUDA device");
+    return d;
+  }
+  throw InputError("--device", "", "unknown device '" + name + "' (cpu|cuda|cuda:N)");
+}
+
+partition::ModelIndex index_checkpoint(const storage::LlamaConfig& config, const storage::CheckpointReader& ckpt) {
+  std::vector<partition::IndexedTensor> tensors;
+  for (const auto& name : ckpt.names()) {
+    const auto& info = ckpt.info(name);
+    tensors.push_back({name, info.shape, storage::dtype_name(info.dtype), info.nbytes()});
+  }
+  return partition::ModelIndex(config, tensors, ckpt.root().string());
+}
+
+LlamaModel::LlamaModel(const fs::path& model_dir, ModelOptions options)
+    : dir_(model_dir), options_(options), config_(storage::read_llama_config(model_dir)),
+      ckpt_(std::make_unique<storage::CheckpointReader>(model_dir)),
+      index_(std::make_unique<partition::ModelIndex>(index_checkpoint(config_, *ckpt_))),
+      cached_blocks_(static_cast<std::size_t>(config_.num_hidden_layers)) {}
+
+const at::Tensor& LlamaModel::global(const std::string& name) const {
+  auto it = globals_.find(name);
+  if (it == globals_.end()) {
+    it = globals_.emplace(name, ckpt_->load(name).to(options_.device, options_.dtype)).first;
+  }
+  return it->second;
+}
+
+at::Tensor LlamaModel::embed(const at::Tensor& ids) const {
+  const at::Tensor& table = global("model.embed_tokens.weight");
+  auto max_id = ids.max().item<std::int64_t>();
+  auto min_id = ids.min().item<std::int64_t>();
+  if (min_id < 0 || max_id >= config_.vocab_size) {
+    throw InputError(dir_.string(), "vocab_size", "token id " + std::to_string(min_id < 0 ? min_id : max_id) +
+                                                      " outside the model's vocabulary of " +
+                                                      std::to_string(config_.vocab_size) + " (wrong tokenizer?)");
+  }
+  return at::embedding(table, ids.to(options_.device));
+}
+
+at::Tensor LlamaModel::run_block(int i, const at::Tensor& x, const RopeTables& rope) const {
+  QF_CHECK(i >= 0 && i < num_blocks(), "block index out of range");
+  if (options_.keep_weights) {
+    auto& slot = cached_blocks_[static_cast<std::size_t>(i)];
+    if (!slot) slot = BlockWeights::load(*ckpt_, config_, i, options_.dtype, options_.device);
+    return block_forward(config_, *slot, x, rope);
+  }
+  BlockWeights w = BlockWeights::load(*ckpt_, config_, i, options_.dtype, options_.device);
+  return block_forward(config_, w, x, rope);
+}
+
+at::Tensor LlamaModel::head(const at::Tensor& hidden) const {
+  auto normed = rms_norm(hidden, global("model.norm.weight"), config_.rms_norm_eps);
+  // Tied models use the embedding table as the head even if a file also carries an lm_head copy (as HF).
+  const std::string head_name = config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  return at::matmul(normed, global(head_name).t()).to(at::kFloat);
+}
+
+RopeTables LlamaModel::rope(std::int64_t seqlen) const { return make_rope_tables(config_, seqlen, options_.device); }
+
+at::Tensor LlamaModel::forward(const at::Tensor& ids) const {
+  auto r = rope(ids.size(1));
+  at::Tensor x = embed(ids);
+  for (int i = 0; i < num_blocks(); ++i) x = run_block(i, x, r);
+  return head(x);
+}
+
+}  // namespace qforge::worker

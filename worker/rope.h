@@ -1,0 +1,26 @@
+// Rotary position embedding, HF convention: rotate_half over the two halves of each head
+// (pairs (i, i + d/2)), with rope_scaling types default, linear, dynamic (NTK) and llama3.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "storage/hf_config.h"
+
+namespace qforge::worker {
+
+// Inverse frequencies [head_dim/2] in fp32 after the scaling rule of the config, for a run over
+// `seqlen` positions (only the dynamic type depends on it).
+at::Tensor rope_inv_freq(const storage::LlamaConfig& config, std::int64_t seqlen);
+
+struct RopeTables {
+  at::Tensor cos;  // [seqlen, head_dim], fp32
+  at::Tensor sin;
+};
+
+RopeTables make_rope_tables(const storage::LlamaConfig& config, std::int64_t seqlen, const at::Device& device);
+
+// x: [batch, heads, seqlen, head_dim]; returns x*cos + rotate_half(x)*sin, in x's dtype
+// (the product is formed in x's dtype as HF does).
+at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope);
+
+}  // namespace qforge::worker
