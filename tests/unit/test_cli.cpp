@@ -13,7 +13,7 @@ namespace {
 namespace fs = std::filesystem;
 using test::shell_quote;
 
-struct Fixture : ::testing::Test {
+struct CliErrors : ::testing::Test {
   void SetUp() override {
     dir = test::make_temp_dir("cli");
     model = dir / "model";
@@ -36,23 +36,23 @@ struct Fixture : ::testing::Test {
   fs::path dir, model, text;
 };
 
-TEST_F(Fixture, SyntheticModelEvaluates) {
+TEST_F(CliErrors, SyntheticModelEvaluates) {
   auto r = eval("--model " + shell_quote(model.string()) + " --data " + shell_quote(text.string()) + " --seqlen 16");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("perplexity"), std::string::npos) << r.output;
 }
 
-TEST_F(Fixture, UnknownCommandAndOption) {
+TEST_F(CliErrors, UnknownCommandAndOption) {
   expect_bad_input(test::run_command(test::qforge_binary() + " frobnicate"), "unknown command");
   expect_bad_input(eval("--model x --data y --no-such-flag"), "no-such-flag");
   expect_bad_input(eval("--data y"), "model");
 }
 
-TEST_F(Fixture, MissingModelFolder) {
+TEST_F(CliErrors, MissingModelFolder) {
   expect_bad_input(eval("--model " + shell_quote((dir / "nope").string()) + " --data " + shell_quote(text.string())), "nope");
 }
 
-TEST_F(Fixture, ConfigWithWrongTypeNamesField) {
+TEST_F(CliErrors, ConfigWithWrongTypeNamesField) {
   std::string cfg = read_file(model / "config.json");
   auto pos = cfg.find("\"hidden_size\": 64");
   ASSERT_NE(pos, std::string::npos) << cfg;
@@ -61,7 +61,7 @@ TEST_F(Fixture, ConfigWithWrongTypeNamesField) {
   expect_bad_input(eval("--model " + shell_quote(model.string()) + " --data " + shell_quote(text.string())), "hidden_size");
 }
 
-TEST_F(Fixture, ConfigShapeMismatchNamesTensor) {
+TEST_F(CliErrors, ConfigShapeMismatchNamesTensor) {
   std::string cfg = read_file(model / "config.json");
   auto pos = cfg.find("\"intermediate_size\": 176");
   ASSERT_NE(pos, std::string::npos);
@@ -70,12 +70,12 @@ TEST_F(Fixture, ConfigShapeMismatchNamesTensor) {
   expect_bad_input(eval("--model " + shell_quote(model.string()) + " --data " + shell_quote(text.string())), "mlp.gate_proj");
 }
 
-TEST_F(Fixture, TruncatedCheckpoint) {
+TEST_F(CliErrors, TruncatedCheckpoint) {
   fs::resize_file(model / "model.safetensors", fs::file_size(model / "model.safetensors") - 10);
   expect_bad_input(eval("--model " + shell_quote(model.string()) + " --data " + shell_quote(text.string())), "model.safetensors");
 }
 
-TEST_F(Fixture, MissingTensor) {
+TEST_F(CliErrors, MissingTensor) {
   // Drop the last block's down_proj by rewriting the checkpoint without it is heavy; instead claim one
   // more block than the file has.
   std::string cfg = read_file(model / "config.json");
@@ -87,12 +87,12 @@ TEST_F(Fixture, MissingTensor) {
                    "model.layers.2");
 }
 
-TEST_F(Fixture, SeqlenLargerThanModelSupports) {
+TEST_F(CliErrors, SeqlenLargerThanModelSupports) {
   expect_bad_input(eval("--model " + shell_quote(model.string()) + " --data " + shell_quote(text.string()) + " --seqlen 4096"),
                    "max_position_embeddings");
 }
 
-TEST_F(Fixture, MissingTokenizer) {
+TEST_F(CliErrors, MissingTokenizer) {
   fs::remove(model / "tokenizer.bin");
   expect_bad_input(eval("--model " + shell_quote(model.string()) + " --data " + shell_quote(text.string())), "tokenizer");
   expect_bad_input(eval("--model " + shell_quote(model.string()) + " --data " + shell_quote(text.string()) + " --tokenizer " +
@@ -100,7 +100,7 @@ TEST_F(Fixture, MissingTokenizer) {
                    "none.model");
 }
 
-TEST_F(Fixture, EmptyAndTooShortDatasets) {
+TEST_F(CliErrors, EmptyAndTooShortDatasets) {
   fs::path empty = dir / "empty.txt";
   write_file_atomic(empty, "");
   expect_bad_input(eval("--model " + shell_quote(model.string()) + " --data " + shell_quote(empty.string())), "empty");
@@ -110,7 +110,7 @@ TEST_F(Fixture, EmptyAndTooShortDatasets) {
                    "missing.txt");
 }
 
-TEST_F(Fixture, BadDataFormatAndMalformedC4) {
+TEST_F(CliErrors, BadDataFormatAndMalformedC4) {
   expect_bad_input(eval("--model " + shell_quote(model.string()) + " --data " + shell_quote(text.string()) +
                         " --data-format xml"),
                    "xml");
@@ -119,7 +119,7 @@ TEST_F(Fixture, BadDataFormatAndMalformedC4) {
   expect_bad_input(eval("--model " + shell_quote(model.string()) + " --data " + shell_quote(c4.string())), "bad.jsonl");
 }
 
-TEST_F(Fixture, InspectPrintsBlocksAndRejectsBadFolder) {
+TEST_F(CliErrors, InspectPrintsBlocksAndRejectsBadFolder) {
   auto r = test::run_command(test::qforge_binary() + " inspect " + shell_quote(model.string()));
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("model.layers.1.mlp.down_proj.weight"), std::string::npos) << r.output;
@@ -127,7 +127,7 @@ TEST_F(Fixture, InspectPrintsBlocksAndRejectsBadFolder) {
   expect_bad_input(test::run_command(test::qforge_binary() + " inspect " + shell_quote(dir.string())), "config.json");
 }
 
-TEST_F(Fixture, ImportRejectsBadLlama2cFile) {
+TEST_F(CliErrors, ImportRejectsBadLlama2cFile) {
   fs::path bad = dir / "bad.bin";
   write_file_atomic(bad, std::string(40, '\x01'));
   expect_bad_input(test::run_command(test::qforge_binary() + " import-llama2c " + shell_quote(bad.string()) + " " +
