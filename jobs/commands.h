@@ -18,6 +18,7 @@ struct Command {
 // All commands, in the order `qforge --help` lists them.
 const std::vector<Command>& commands();
 
+int run_quantize(const Args& args);
 int run_eval(const Args& args);
 int run_inspect(const Args& args);
 int run_import_llama2c(const Args& args);

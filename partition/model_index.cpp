@@ -42,6 +42,14 @@ std::vector<std::pair<std::string, Shape>> expected_block_tensors(const storage:
     out.push_back({"self_attn.v_proj.bias", {kv}});
     out.push_back({"self_attn.o_proj.bias", {h}});
   }
+  if (c.quant && c.quant->norm_bias) {
+    out.push_back({"input_layernorm.bias", {h}});
+    out.push_back({"post_attention_layernorm.bias", {h}});
+  }
+  if (c.quant && c.quant->norm_affine) {
+    out.push_back({"input_layernorm.affine_inverse", {h, h}});
+    out.push_back({"post_attention_layernorm.affine_inverse", {h, h}});
+  }
   if (c.mlp_bias) {
     out.push_back({"mlp.gate_proj.bias", {f}});
     out.push_back({"mlp.up_proj.bias", {f}});

@@ -72,10 +72,10 @@ void write_tensor(AtomicFile& out, const TensorSpec& spec, at::Tensor t) {
   if (t.nbytes() > 0) out.write(t.data_ptr(), t.nbytes());
 }
 
-std::string shard_file_name(std::size_t index, std::size_t count) {
+std::string shard_file_name(const std::string& stem, std::size_t index, std::size_t count) {
   char buf[64];
-  std::snprintf(buf, sizeof(buf), "model-%05zu-of-%05zu.safetensors", index + 1, count);
-  return buf;
+  std::snprintf(buf, sizeof(buf), "-%05zu-of-%05zu.safetensors", index + 1, count);
+  return stem + buf;
 }
 
 // ---- reading helpers -----------------------------------------------------------------------------
@@ -166,18 +166,18 @@ std::vector<std::vector<std::size_t>> plan_shards(const std::vector<TensorSpec>&
 // ---- CheckpointWriter ----------------------------------------------------------------------------
 
 CheckpointWriter::CheckpointWriter(fs::path dir, std::vector<TensorSpec> specs, std::uint64_t max_shard_bytes,
-                                   std::map<std::string, std::string> metadata)
-    : dir_(std::move(dir)), specs_(std::move(specs)), metadata_(std::move(metadata)) {
+                                   std::map<std::string, std::string> metadata, std::string stem)
+    : dir_(std::move(dir)), specs_(std::move(specs)), metadata_(std::move(metadata)), stem_(std::move(stem)) {
   check_specs(specs_);
   shards_ = plan_shards(specs_, max_shard_bytes);
   if (shards_.empty()) shards_.emplace_back();  // a checkpoint without tensors is still one valid file
 }
 
 std::vector<std::string> CheckpointWriter::file_names() const {
-  if (shards_.size() == 1) return {kSingleFile};
+  if (shards_.size() == 1) return {stem_ + ".safetensors"};
   std::vector<std::string> names;
-  for (std::size_t i = 0; i < shards_.size(); ++i) names.push_back(shard_file_name(i, shards_.size()));
-  names.push_back(kIndexFile);
+  for (std::size_t i = 0; i < shards_.size(); ++i) names.push_back(shard_file_name(stem_, i, shards_.size()));
+  names.push_back(stem_ + ".safetensors.index.json");
   return names;
 }
 
@@ -200,7 +200,7 @@ void CheckpointWriter::write(const Producer& produce) {
   if (shards_.size() > 1) {
     // transformers' layout: json.dumps(index, indent=2, sort_keys=True) + "\n".
     const json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    write_file_atomic(dir_ / kIndexFile, index.dump(2) + "\n");
+    write_file_atomic(dir_ / names.back(), index.dump(2) + "\n");
   }
 }
 

@@ -172,6 +172,10 @@ LlamaConfig parse_llama_config(const json& j, const std::string& where) {
     throw InputError(where, "torch_dtype", "unsupported dtype '" + c.torch_dtype + "' (float32|float16|bfloat16)");
   }
 
+  if (j.contains("quantization_config") && !j.at("quantization_config").is_null()) {
+    c.quant = parse_quant_config(j.at("quantization_config"), where);
+  }
+
   // transformers 5 keeps theta and scaling in rope_parameters; 4.x at the top level.
   if (r.has("rope_parameters")) {
     const json& p = j.at("rope_parameters");
@@ -221,6 +225,8 @@ json llama_config_to_json(const LlamaConfig& c) {
   j["torch_dtype"] = c.torch_dtype;
   j["bos_token_id"] = c.bos_token_id;
   j["eos_token_id"] = c.eos_token_id;
+  if (c.quant) j["quantization_config"] = quant_config_to_json(*c.quant);
+  else j.erase("quantization_config");
   if (j.contains("rope_parameters")) {
     j["rope_parameters"]["rope_theta"] = c.rope_theta;
   } else {

@@ -12,6 +12,8 @@
 #include <optional>
 #include <string>
 
+#include "storage/quant_config.h"
+
 namespace qforge::storage {
 
 namespace fs = std::filesystem;
@@ -45,6 +47,8 @@ struct LlamaConfig {
   std::string torch_dtype = "float32";
   std::int64_t bos_token_id = 1;
   std::int64_t eos_token_id = 2;
+  // Present for folders written by `qforge quantize` (config.json "quantization_config").
+  std::optional<QuantConfig> quant;
   // The file as read, so writers can keep fields qforge does not interpret.
   nlohmann::json raw = nlohmann::json::object();
 

@@ -152,8 +152,9 @@ std::vector<std::vector<std::size_t>> plan_shards(const std::vector<TensorSpec>&
 class CheckpointWriter {
  public:
   using Producer = std::function<at::Tensor(const TensorSpec&)>;
+  // `stem` names the files: <stem>.safetensors, or <stem>-0000i-of-0000N.safetensors + index.
   CheckpointWriter(fs::path dir, std::vector<TensorSpec> specs, std::uint64_t max_shard_bytes,
-                   std::map<std::string, std::string> metadata = {});
+                   std::map<std::string, std::string> metadata = {}, std::string stem = "model");
   void write(const Producer& produce);
   // File names the writer will produce (shards, then the index if any).
   std::vector<std::string> file_names() const;
@@ -163,6 +164,7 @@ class CheckpointWriter {
   std::vector<TensorSpec> specs_;
   std::vector<std::vector<std::size_t>> shards_;
   std::map<std::string, std::string> metadata_;
+  std::string stem_;
 };
 
 namespace detail {

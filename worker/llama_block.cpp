@@ -40,6 +40,14 @@ BlockWeights BlockWeights::load(const storage::CheckpointReader& ckpt, const sto
     w.v_bias = get("self_attn.v_proj.bias");
     w.o_bias = get("self_attn.o_proj.bias");
   }
+  if (c.quant && c.quant->norm_bias) {
+    w.input_norm_bias = get("input_layernorm.bias");
+    w.post_norm_bias = get("post_attention_layernorm.bias");
+  }
+  if (c.quant && c.quant->norm_affine) {
+    w.input_norm_inverse = get("input_layernorm.affine_inverse");
+    w.post_norm_inverse = get("post_attention_layernorm.affine_inverse");
+  }
   if (c.mlp_bias) {
     w.gate_bias = get("mlp.gate_proj.bias");
     w.up_bias = get("mlp.up_proj.bias");
@@ -51,30 +59,46 @@ BlockWeights BlockWeights::load(const storage::CheckpointReader& ckpt, const sto
 std::uint64_t BlockWeights::nbytes() const {
   std::uint64_t n = 0;
   for (const at::Tensor* t : {&input_norm, &post_norm, &q, &k, &v, &o, &gate, &up, &down, &q_bias, &k_bias, &v_bias,
-                              &o_bias, &gate_bias, &up_bias, &down_bias}) {
+                              &o_bias, &gate_bias, &up_bias, &down_bias, &input_norm_bias, &post_norm_bias,
+                              &input_norm_inverse, &post_norm_inverse}) {
     if (t->defined()) n += static_cast<std::uint64_t>(t->nbytes());
   }
   return n;
 }
 
+// Half-precision activations are normalised and soft-maxed in fp32 (as HF does); fp32 and fp64 stay as
+// they are, which keeps fp64 equivalence checks exact.
+static at::ScalarType at_least_float(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  auto xf = x.to(at::kFloat);
+  auto xf = x.to(at_least_float(x.scalar_type()));
   auto var = xf.pow(2).mean(-1, /*keepdim=*/true);
   auto normed = (xf * at::rsqrt(var + eps)).to(x.scalar_type());
   return weight * normed;
 }
 
+at::Tensor block_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& inverse,
+                      double eps) {
+  at::Tensor n = rms_norm(x, weight, eps);
+  if (bias.defined()) n = n + bias;
+  if (inverse.defined()) n = at::matmul(n, inverse);
+  return n;
+}
+
 at::Tensor block_forward(const storage::LlamaConfig& c, const BlockWeights& w, const at::Tensor& x,
-                         const RopeTables& rope) {
+                         const RopeTables& rope, const ActQuantSpec& act, BlockTaps* taps) {
   const std::int64_t B = x.size(0), T = x.size(1);
   const std::int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, d = c.head_dim;
+  auto aq = [&](const at::Tensor& t) { return fake_quant_act(t, act); };
 
-  auto n1 = rms_norm(x, w.input_norm, c.rms_norm_eps);
+  auto n1 = aq(block_norm(x, w.input_norm, w.input_norm_bias, w.input_norm_inverse, c.rms_norm_eps));
   auto q = linear(n1, w.q, w.q_bias).view({B, T, nh, d}).transpose(1, 2);
   auto k = linear(n1, w.k, w.k_bias).view({B, T, nkv, d}).transpose(1, 2);
   auto v = linear(n1, w.v, w.v_bias).view({B, T, nkv, d}).transpose(1, 2);
-  q = apply_rope(q, rope);
-  k = apply_rope(k, rope);
+  // Q and K after RoPE, and V, are quantized per (token, head) over head_dim.
+  q = aq(apply_rope(q, rope));
+  k = aq(apply_rope(k, rope));
+  v = aq(v);
   if (nkv != nh) {
     // repeat_kv: KV head j serves query heads [j*g, (j+1)*g).
     const std::int64_t g = nh / nkv;
@@ -84,13 +108,18 @@ at::Tensor block_forward(const storage::LlamaConfig& c, const BlockWeights& w, c
   auto scores = at::matmul(q, k.transpose(2, 3)) / std::sqrt(static_cast<double>(d));
   auto mask = at::ones({T, T}, x.options().dtype(at::kBool)).triu(1);
   scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
-  auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  auto probs = at::softmax(scores, -1, at_least_float(scores.scalar_type())).to(q.scalar_type());
   auto attn = at::matmul(probs, v).transpose(1, 2).reshape({B, T, nh * d});
-  auto h = x + linear(attn, w.o, w.o_bias);
+  auto h = x + linear(aq(attn), w.o, w.o_bias);
+  if (taps) {
+    taps->qkv_input = n1;
+    taps->o_input = attn;
+  }
 
-  auto n2 = rms_norm(h, w.post_norm, c.rms_norm_eps);
+  auto n2 = aq(block_norm(h, w.post_norm, w.post_norm_bias, w.post_norm_inverse, c.rms_norm_eps));
+  if (taps) taps->fc1_input = n2;
   auto mlp = at::silu(linear(n2, w.gate, w.gate_bias)) * linear(n2, w.up, w.up_bias);
-  return h + linear(mlp, w.down, w.down_bias);
+  return h + linear(aq(mlp), w.down, w.down_bias);
 }
 
 }  // namespace qforge::worker

@@ -3,12 +3,21 @@
 //   out = h + down_proj(silu(gate_proj(n2)) * up_proj(n2))                    with n2 = RMSNorm(h)
 // Attention is causal, with GQA (each KV head serves num_heads / num_kv_heads query heads);
 // softmax is computed in fp32 whatever the activation dtype.
+//
+// Quantized models run the same function: weights are already fake-quantized, and with activation
+// quantization on (ActQuantSpec) the inputs of q/k/v, o, gate/up and down, and Q and K after RoPE and V
+// (per token and head) are fake-quantized dynamically, as OmniQuant/AffineQuant evaluate (algorithms.md
+// §1.1); the softmax output is never quantized.
+// Faithful AffineQuant results may carry extras a stock LLaMA lacks: an RMSNorm bias
+// (`*_layernorm.bias`, added after the norm's weight) and a dense runtime transform after the norm
+// (`*_layernorm.affine_inverse` [H, H], applied as n·A⁻¹ in row-vector form).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include "storage/hf_config.h"
 #include "storage/safetensors.h"
+#include "worker/quantizer.h"
 #include "worker/rope.h"
 
 namespace qforge::worker {
@@ -18,6 +27,8 @@ struct BlockWeights {
   at::Tensor q, k, v, o;                    // [out, in]
   at::Tensor gate, up, down;
   at::Tensor q_bias, k_bias, v_bias, o_bias, gate_bias, up_bias, down_bias;  // undefined when absent
+  at::Tensor input_norm_bias, post_norm_bias;        // faithful extras, undefined when absent
+  at::Tensor input_norm_inverse, post_norm_inverse;  // [H, H]
 
   // Loads block `index` from a checkpoint, converted to dtype on device.
   static BlockWeights load(const storage::CheckpointReader& ckpt, const storage::LlamaConfig& config, int index,
@@ -28,8 +39,19 @@ struct BlockWeights {
 // HF LlamaRMSNorm: normalise in fp32, cast back, multiply by the weight.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
+// RMSNorm followed by the optional faithful extras (bias, runtime affine inverse).
+at::Tensor block_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& inverse,
+                      double eps);
+
+// Intermediate activations a caller may want from a forward (calibration statistics).
+struct BlockTaps {
+  at::Tensor qkv_input;   // norm1 output (input of q/k/v)
+  at::Tensor o_input;     // attention output (input of o_proj)
+  at::Tensor fc1_input;   // norm2 output (input of gate/up)
+};
+
 // x: [batch, seqlen, hidden] -> same shape.
 at::Tensor block_forward(const storage::LlamaConfig& config, const BlockWeights& w, const at::Tensor& x,
-                         const RopeTables& rope);
+                         const RopeTables& rope, const ActQuantSpec& act = {}, BlockTaps* taps = nullptr);
 
 }  // namespace qforge::worker

@@ -63,15 +63,24 @@ at::Tensor LlamaModel::embed(const at::Tensor& ids) const {
   return at::embedding(table, ids.to(options_.device));
 }
 
+ActQuantSpec LlamaModel::act_quant(int i) const {
+  ActQuantSpec spec;
+  if (config_.quant) {
+    spec.bits = config_.quant->activation_bits(i);
+    spec.sym = config_.quant->act_sym;
+  }
+  return spec;
+}
+
 at::Tensor LlamaModel::run_block(int i, const at::Tensor& x, const RopeTables& rope) const {
   QF_CHECK(i >= 0 && i < num_blocks(), "block index out of range");
   if (options_.keep_weights) {
     auto& slot = cached_blocks_[static_cast<std::size_t>(i)];
     if (!slot) slot = BlockWeights::load(*ckpt_, config_, i, options_.dtype, options_.device);
-    return block_forward(config_, *slot, x, rope);
+    return block_forward(config_, *slot, x, rope, act_quant(i));
   }
   BlockWeights w = BlockWeights::load(*ckpt_, config_, i, options_.dtype, options_.device);
-  return block_forward(config_, w, x, rope);
+  return block_forward(config_, w, x, rope, act_quant(i));
 }
 
 at::Tensor LlamaModel::head(const at::Tensor& hidden) const {

@@ -50,6 +50,9 @@ class LlamaModel {
 
   // ids: int64 [batch, seqlen] -> [batch, seqlen, hidden] in the compute dtype.
   at::Tensor embed(const at::Tensor& ids) const;
+  // The recorded activation quantization of block i (off for unquantized models): quantized models
+  // evaluate with the activation quantization they were calibrated with.
+  ActQuantSpec act_quant(int i) const;
   // Loads block i (or returns the cached copy) and runs it.
   at::Tensor run_block(int i, const at::Tensor& x, const RopeTables& rope) const;
   // Final RMSNorm and lm_head; logits in fp32: [batch, seqlen, vocab].

@@ -1,0 +1,148 @@
+// qforge quantize: RTN, OmniQuant or AffineQuant block reconstruction, single process.
+#include <fstream>
+#include <iostream>
+#include <regex>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "jobs/cli.h"
+#include "jobs/quantize_job.h"
+
+namespace qforge::jobs {
+
+namespace {
+
+// "B:W" or "B:W:A", e.g. "0:8:8" keeps block 0 at W8A8.
+std::pair<int, storage::BitsOverride> parse_override(const std::string& text) {
+  static const std::regex re(R"(^(\d+):(\d+)(?::(\d+))?$)");
+  std::smatch m;
+  if (!std::regex_match(text, m, re)) {
+    throw InputError("--block-override", "", "'" + text + "' is not BLOCK:WBITS or BLOCK:WBITS:ABITS");
+  }
+  storage::BitsOverride o;
+  o.bits = std::stoi(m[2]);
+  if (m[3].matched) o.act_bits = std::stoi(m[3]);
+  if (o.bits < 2 || o.bits > 8) throw InputError("--block-override", "", "weight bits must be 2..8 in '" + text + "'");
+  if (o.act_bits && (o.act_bits < 4 || o.act_bits > 16)) {
+    throw InputError("--block-override", "", "activation bits must be 4..16 in '" + text + "'");
+  }
+  return {std::stoi(m[1]), o};
+}
+
+}  // namespace
+
+int run_quantize(const Args& args) {
+  po::options_description cli("command-line only");
+  add_common_options(cli);
+  cli.add_options()("config", po::value<std::string>(), "file of key = value lines with the options below (CLI wins)");
+  po::options_description job("quantize options (also valid as config-file keys)");
+  job.add_options()
+      ("model", po::value<std::string>(), "input model folder (HF layout)")
+      ("out", po::value<std::string>(), "output folder")
+      ("method", po::value<std::string>()->default_value("affinequant"), "rtn|omniquant|affinequant")
+      ("wbits", po::value<int>()->default_value(4), "weight bits (2..8)")
+      ("abits", po::value<int>()->default_value(16), "activation bits (4..16; 16 = weight-only)")
+      ("group-size", po::value<std::int64_t>()->default_value(0), "weight group size (0 = per output channel)")
+      ("sym", po::value<bool>()->default_value(false)->implicit_value(true), "symmetric weights (GPTQ convention)")
+      ("act-sym", po::value<bool>()->default_value(false)->implicit_value(true), "symmetric per-token activations")
+      ("faithful", po::value<bool>()->default_value(false)->implicit_value(true),
+       "reproduce the official code (shifts, q/k before RoPE, LN matrices, signed-max init); not deployable")
+      ("block-override", po::value<std::vector<std::string>>()->composing(), "BLOCK:WBITS[:ABITS], repeatable")
+      ("calib-data", po::value<std::string>()->default_value(""), "calibration text/token/C4 file, or model:generate")
+      ("calib-format", po::value<std::string>()->default_value(""), "text|wikitext|c4|tokens (default: guessed)")
+      ("tokenizer", po::value<std::string>()->default_value(""), "tokenizer (default: from the model folder)")
+      ("nsamples", po::value<std::int64_t>()->default_value(128), "calibration sequences")
+      ("calib-seqlen", po::value<std::int64_t>()->default_value(0), "tokens per sequence (default min(2048, max positions))")
+      ("seed", po::value<std::uint64_t>()->default_value(2), "calibration sampling seed")
+      ("batch-size", po::value<std::int64_t>()->default_value(1), "sequences per optimiser step")
+      ("epochs", po::value<int>(), "epochs per block (default: recipe)")
+      ("let", po::value<bool>(), "learnable equivalent transformation on/off (default: recipe)")
+      ("lwc", po::value<bool>(), "learnable weight clipping on/off (default: recipe)")
+      ("aug-loss", po::value<bool>(), "add the FP-block-on-quantized-input target (default: recipe)")
+      ("let-lr", po::value<double>(), "learning rate of transforms (default: recipe)")
+      ("lwc-lr", po::value<double>(), "learning rate of clipping (default: recipe)")
+      ("alpha", po::value<double>(), "SmoothQuant migration strength of the init (default: recipe)")
+      ("sf", po::value<double>(), "AffineQuant stability factor (default: recipe)")
+      ("ln-matrix", po::value<bool>(), "full matrices after the norms (faithful only; default: recipe)")
+      ("fp64-matrices", po::value<bool>()->default_value(false)->implicit_value(true), "affine matrices in float64")
+      ("shard-size", po::value<std::string>()->default_value("0"), "max bytes per output shard (0: one file)");
+  po::options_description all;
+  all.add(cli).add(job);
+  po::variables_map vm;
+  if (!parse_args(args, "quantize", "--model DIR --out DIR [--method M --wbits N --abits N ...]", all, vm)) return 0;
+  if (vm.count("config")) {
+    const std::string path = vm["config"].as<std::string>();
+    std::ifstream in(path);
+    if (!in) throw InputError(path, "", "cannot open config file");
+    try {
+      po::store(po::parse_config_file(in, job), vm);  // values already set on the command line win
+    } catch (const po::error& e) {
+      throw InputError(path, "", e.what());
+    }
+    po::notify(vm);
+  }
+  apply_common_options(vm);
+  if (!vm.count("model")) throw InputError("--model", "", "required");
+  if (!vm.count("out")) throw InputError("--out", "", "required");
+
+  QuantizeSpec s;
+  s.model = vm["model"].as<std::string>();
+  s.out = vm["out"].as<std::string>();
+  s.method = worker::parse_method(vm["method"].as<std::string>());
+  s.wbits = vm["wbits"].as<int>();
+  s.abits = vm["abits"].as<int>();
+  if (s.wbits < 2 || s.wbits > 8) throw InputError("--wbits", "", "must be 2..8");
+  if (s.abits < 4 || s.abits > 16) throw InputError("--abits", "", "must be 4..16 (16 = weight-only)");
+  s.group_size = vm["group-size"].as<std::int64_t>();
+  if (s.group_size < 0) throw InputError("--group-size", "", "must be >= 0");
+  s.sym = vm["sym"].as<bool>();
+  s.act_sym = vm["act-sym"].as<bool>();
+  s.faithful = vm["faithful"].as<bool>();
+  if (vm.count("block-override")) {
+    for (const auto& o : vm["block-override"].as<std::vector<std::string>>()) s.overrides.insert(parse_override(o));
+  }
+  s.calib.source = vm["calib-data"].as<std::string>();
+  s.calib.format = vm["calib-format"].as<std::string>();
+  s.calib.nsamples = vm["nsamples"].as<std::int64_t>();
+  s.calib.seed = vm["seed"].as<std::uint64_t>();
+  s.tokenizer = vm["tokenizer"].as<std::string>();
+  s.batch_size = vm["batch-size"].as<std::int64_t>();
+  if (s.batch_size < 1) throw InputError("--batch-size", "", "must be >= 1");
+  s.fp64_matrices = vm["fp64-matrices"].as<bool>();
+  s.shard_bytes = parse_size(vm["shard-size"].as<std::string>(), "--shard-size");
+  const auto max_pos = storage::read_llama_config(s.model).max_position_embeddings;
+  s.calib.seqlen = vm["calib-seqlen"].as<std::int64_t>();
+  if (s.calib.seqlen == 0) s.calib.seqlen = std::min<std::int64_t>(2048, max_pos);
+  if (s.method != worker::Method::kRtn && s.calib.source.empty()) {
+    throw InputError("--calib-data", "", "required for " + vm["method"].as<std::string>() +
+                                             " (a text, WikiText, C4 or token file, or model:generate)");
+  }
+
+  s.recipe = worker::default_recipe(s.method, s.wbits, s.abits, s.group_size, s.faithful);
+  if (vm.count("epochs")) s.recipe.epochs = vm["epochs"].as<int>();
+  if (vm.count("let")) s.recipe.let = vm["let"].as<bool>();
+  if (vm.count("lwc")) s.recipe.lwc = vm["lwc"].as<bool>();
+  if (vm.count("aug-loss")) s.recipe.aug_loss = vm["aug-loss"].as<bool>();
+  if (vm.count("let-lr")) s.recipe.let_lr = vm["let-lr"].as<double>();
+  if (vm.count("lwc-lr")) s.recipe.lwc_lr = vm["lwc-lr"].as<double>();
+  if (vm.count("alpha")) s.recipe.alpha = vm["alpha"].as<double>();
+  if (vm.count("sf")) s.recipe.stability_factor = vm["sf"].as<double>();
+  if (vm.count("ln-matrix")) {
+    s.recipe.ln_matrix = vm["ln-matrix"].as<bool>();
+    if (s.recipe.ln_matrix && !s.faithful) {
+      throw InputError("--ln-matrix", "", "needs --faithful: a full matrix after the norm does not fold into a stock LLaMA");
+    }
+  }
+  if (s.method == worker::Method::kRtn && (s.recipe.let || s.recipe.lwc)) {
+    throw InputError("--method", "", "rtn takes no --let/--lwc (use omniquant or affinequant)");
+  }
+  if (s.recipe.epochs < 0) throw InputError("--epochs", "", "must be >= 0");
+  if (s.recipe.stability_factor <= 0) throw InputError("--sf", "", "must be positive");
+  QF_LOG(Info) << "quantize " << s.model.string() << " -> " << s.out.string() << ": " << worker::method_name(s.method) << " W"
+               << s.wbits << "A" << s.abits << (s.group_size ? " g" + std::to_string(s.group_size) : "")
+               << (s.faithful ? " faithful" : " deployable") << "; recipe " << s.recipe.describe();
+  run_quantize_job(s);
+  return 0;
+}
+
+}  // namespace qforge::jobs

@@ -1,0 +1,50 @@
+// The `quantization_config` qforge writes into config.json and reads back for evaluation.
+//
+//   "quantization_config": {
+//     "quant_method": "qforge", "method": "rtn|omniquant|affinequant",
+//     "bits": 4, "group_size": 128 (0 = per channel), "sym": false,
+//     "act_bits": 16, "act_sym": false,              // dynamic per-token activations (Q/K/V per head)
+//     "deployable": true,                            // false: needs the extra tensors listed below
+//     "block_overrides": {"0": {"bits": 8, "act_bits": 8}},
+//     "norm_bias": false, "norm_affine": false,      // faithful-mode extras (see worker/llama_block.h)
+//     "sidecar": "quantization.safetensors",         // integer codes, fp16 scales, zero points
+//     "calibration": {...}                           // how it was made (data, samples, seed, recipe)
+//   }
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+namespace qforge::storage {
+
+struct BitsOverride {
+  int bits = 0;      // 0: not overridden
+  int act_bits = 0;
+};
+
+struct QuantConfig {
+  std::string method = "rtn";
+  int bits = 4;
+  std::int64_t group_size = 0;
+  bool sym = false;
+  int act_bits = 16;
+  bool act_sym = false;
+  bool deployable = true;
+  bool norm_bias = false;
+  bool norm_affine = false;
+  std::map<int, BitsOverride> block_overrides;
+  std::string sidecar = "quantization.safetensors";
+  nlohmann::json calibration = nlohmann::json::object();
+
+  int weight_bits(int block) const;
+  int activation_bits(int block) const;
+};
+
+// Parses the object under "quantization_config" (InputError naming `where` and the field).
+QuantConfig parse_quant_config(const nlohmann::json& j, const std::string& where);
+nlohmann::json quant_config_to_json(const QuantConfig& q);
+
+}  // namespace qforge::storage

@@ -1,0 +1,111 @@
+// `qforge quantize` end to end on the real stories260K-hf model (per-channel: its 172-wide MLP has no
+// group size that divides it), then `qforge eval` of the output folder.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common/file_util.h"
+#include "storage/hf_config.h"
+#include "storage/safetensors.h"
+#include "tests/support/run_command.h"
+#include "tests/support/test_data.h"
+
+namespace qforge {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using test::shell_quote;
+
+json eval_json(const std::string& flags) {
+  auto r = test::run_command(test::qforge_binary() + " eval --log-level warn --json " + flags);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  auto pos = r.output.rfind('{');
+  return pos == std::string::npos ? json::object() : json::parse(r.output.substr(pos));
+}
+
+struct QuantizeCli : ::testing::Test {
+  void SetUp() override {
+    model = test::shared_data() / "models/stories260K-hf";
+    tok = test::shared_data() / "models/stories260K/tok512.bin";
+    dir = test::make_temp_dir("quantize");
+  }
+  void TearDown() override { fs::remove_all(dir); }
+  test::CommandResult quantize(const fs::path& out, const std::string& flags) {
+    return test::run_command(test::qforge_binary() + " quantize --log-level warn --model " + shell_quote(model.string()) +
+                             " --out " + shell_quote(out.string()) + " " + flags);
+  }
+  fs::path model, tok, dir;
+};
+
+TEST_F(QuantizeCli, AffineQuantW4A4FromModelGenerateReloadsToTheInMemoryModel) {
+  QF_REQUIRE_DATA(model / "model.safetensors");
+  const fs::path out = dir / "aq";
+  auto r = quantize(out, "--method affinequant --wbits 4 --abits 4 --calib-data model:generate --nsamples 4 "
+                         "--calib-seqlen 64 --epochs 2 --tokenizer " + shell_quote(tok.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto cfg = storage::read_llama_config(out);
+  ASSERT_TRUE(cfg.quant.has_value());
+  EXPECT_EQ(cfg.quant->method, "affinequant");
+  EXPECT_EQ(cfg.quant->act_bits, 4);
+  EXPECT_TRUE(cfg.quant->deployable);
+  EXPECT_FALSE(cfg.attention_bias);  // deployable: no shifts, a stock LLaMA graph
+  json report = json::parse(read_file(out / "calibration_report.json"));
+  ASSERT_EQ(report["blocks"].size(), 5u);
+  for (const auto& b : report["blocks"]) EXPECT_LE(b["final_loss"].get<double>(), b["initial_loss"].get<double>() * 1.05);
+  // Evaluating the written folder on the calibration windows reproduces the in-memory quantized model
+  // (weights, folded norms and W4A4 activation quantization all survive the round trip).
+  json got = eval_json("--model " + shell_quote(out.string()) + " --data " + shell_quote((out / "calibration.tok").string()) +
+                       " --seqlen 64");
+  EXPECT_NEAR(got["mean_nll"].get<double>() / report["calibration_mean_nll"].get<double>(), 1.0, 1e-5);
+  // The sidecar holds codes, fp16 scales and zero points for all 35 linears.
+  storage::SafetensorsFile side(out / "quantization.safetensors");
+  EXPECT_EQ(side.tensors().size(), 5u * 7u * 3u);
+  EXPECT_EQ(side.info("model.layers.0.mlp.down_proj.scales").dtype, storage::DType::kF16);
+  EXPECT_EQ(side.info("model.layers.0.mlp.down_proj.codes").shape, (std::vector<std::int64_t>{64, 172}));
+}
+
+TEST_F(QuantizeCli, RtnIsWorseThanFpAndFaithfulRecordsExtras) {
+  QF_REQUIRE_DATA(model / "model.safetensors");
+  const fs::path text = test::shared_data() / "models/stories260K/generated-eval.txt";
+  QF_REQUIRE_DATA(text);
+  auto rtn = quantize(dir / "rtn", "--method rtn --wbits 3 --block-override 0:8");
+  ASSERT_EQ(rtn.exit_code, 0) << rtn.output;
+  auto cfg = storage::read_llama_config(dir / "rtn");
+  EXPECT_EQ(cfg.quant->weight_bits(0), 8);
+  EXPECT_EQ(cfg.quant->weight_bits(1), 3);
+  const std::string data = " --data " + shell_quote(text.string()) + " --tokenizer " + shell_quote(tok.string()) + " --seqlen 256";
+  json fp = eval_json("--model " + shell_quote(model.string()) + data);
+  json q = eval_json("--model " + shell_quote((dir / "rtn").string()) + " --reference " + shell_quote(model.string()) + data);
+  EXPECT_GT(q["ppl"].get<double>(), fp["ppl"].get<double>());
+  EXPECT_GT(q["kl"].get<double>(), 0.0);
+
+  auto f = quantize(dir / "faithful", "--method affinequant --faithful --wbits 3 --calib-data model:generate --nsamples 2 "
+                                      "--calib-seqlen 32 --epochs 1 --tokenizer " + shell_quote(tok.string()));
+  ASSERT_EQ(f.exit_code, 0) << f.output;
+  auto fc = storage::read_llama_config(dir / "faithful");
+  EXPECT_FALSE(fc.quant->deployable);
+  EXPECT_TRUE(fc.quant->norm_bias);       // shifts fold into an RMSNorm bias
+  EXPECT_TRUE(fc.attention_bias);         // ... and q/k/v/o biases
+  EXPECT_TRUE(fc.quant->norm_affine);     // W3 per-channel faithful recipe uses LN matrices
+  json fq = eval_json("--model " + shell_quote((dir / "faithful").string()) + data);
+  EXPECT_TRUE(fq.contains("ppl"));
+}
+
+TEST_F(QuantizeCli, BadInputsAreRefused) {
+  QF_REQUIRE_DATA(model / "model.safetensors");
+  auto r = quantize(dir / "x", "--method omniquant");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--calib-data"), std::string::npos) << r.output;
+  r = quantize(dir / "x", "--method rtn --wbits 9");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  r = quantize(dir / "x", "--method rtn --block-override 7:4");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("block 7"), std::string::npos) << r.output;
+  r = quantize(dir / "x", "--method affinequant --ln-matrix true --calib-data model:generate");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--faithful"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace qforge

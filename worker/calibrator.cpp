@@ -1,0 +1,134 @@
+#include "worker/calibrator.h"
+
+#include <ATen/ATen.h>
+#include <torch/optim/adamw.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "coordinator/progress.h"
+
+namespace qforge::worker {
+
+at::Tensor map_batches(const at::Tensor& x, std::int64_t batch, const std::function<at::Tensor(const at::Tensor&)>& fn) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> parts;
+  for (std::int64_t i = 0; i < x.size(0); i += batch) parts.push_back(fn(x.slice(0, i, std::min(x.size(0), i + batch))));
+  return at::cat(parts, 0);
+}
+
+BlockResult finalize_block(const BlockWeights& fp, const BlockTransforms& transforms, const WeightQuantSpec& spec) {
+  at::NoGradGuard no_grad;
+  BlockResult r;
+  r.weights = transforms.transformed(fp);
+  for (auto* t : {&r.weights.input_norm, &r.weights.post_norm, &r.weights.q_bias, &r.weights.k_bias,
+                  &r.weights.v_bias, &r.weights.o_bias, &r.weights.gate_bias, &r.weights.up_bias,
+                  &r.weights.down_bias, &r.weights.input_norm_bias, &r.weights.post_norm_bias,
+                  &r.weights.input_norm_inverse, &r.weights.post_norm_inverse}) {
+    if (t->defined()) *t = t->detach().to(at::kFloat).contiguous();
+  }
+  for (std::size_t i = 0; i < linear_names().size(); ++i) {
+    at::Tensor& W = linear_weight(r.weights, i);
+    W = W.detach().to(at::kFloat);
+    ClipParams clip = transforms.clip(i);
+    if (clip.defined()) clip = {clip.upper.detach(), clip.lower.detach()};
+    WeightQParams qp = weight_qparams(W, spec, clip);
+    QuantizedLinear q;
+    q.codes = weight_codes(W, spec, qp);
+    q.scales = qp.scale.to(at::kHalf).contiguous();
+    q.zeros = qp.zero.to(at::kInt).contiguous();
+    // Rebuilt from the stored fp16 scales and integer zeros: exactly what an exporter reproduces.
+    W = dequantize_weight(q.codes, spec, {q.scales.to(at::kFloat), q.zeros.to(at::kFloat)});
+    r.linears.push_back(std::move(q));
+  }
+  return r;
+}
+
+namespace {
+
+double mse_over(const storage::LlamaConfig& c, const BlockWeights& w, const at::Tensor& x, const at::Tensor& y,
+                const RopeTables& rope, const ActQuantSpec& act, std::int64_t batch) {
+  at::NoGradGuard no_grad;
+  double sum = 0;
+  for (std::int64_t i = 0; i < x.size(0); i += batch) {
+    const std::int64_t j = std::min(x.size(0), i + batch);
+    at::Tensor out = block_forward(c, w, x.slice(0, i, j), rope, act);
+    sum += (out - y.slice(0, i, j)).pow(2).sum().item<double>();
+  }
+  return sum / static_cast<double>(y.numel());
+}
+
+}  // namespace
+
+BlockResult calibrate_block(const storage::LlamaConfig& c, const BlockWeights& fp, const at::Tensor& x_q,
+                            const at::Tensor& y_fp, const at::Tensor& y_fp2, const ActStats& stats,
+                            const CalibOptions& o, const RopeTables& rope, const std::string& label) {
+  BlockTransforms tr(c, fp, stats, o.transform, o.weights);
+  const bool has_data = x_q.defined() && x_q.numel() > 0;
+  const std::int64_t bs = std::max<std::int64_t>(1, o.batch_size);
+  double initial = 0;
+  if (has_data) initial = mse_over(c, tr.fake_quantized(fp), x_q, y_fp, rope, o.acts, bs);
+
+  std::vector<double> epoch_loss;
+  std::int64_t projections = 0;
+  const bool train = has_data && o.epochs > 0 && (o.transform.let || o.transform.lwc);
+  if (train) {
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    auto group = [&](std::vector<at::Tensor> params, double lr) {
+      if (params.empty()) return;
+      auto opt = std::make_unique<torch::optim::AdamWOptions>(lr);
+      opt->weight_decay(o.weight_decay);  // LibTorch's AdamW defaults to 1e-2; the reference uses 0
+      groups.emplace_back(std::move(params), std::move(opt));
+    };
+    group(tr.let_parameters(), o.let_lr);
+    group(tr.lwc_parameters(), o.lwc_lr);
+    torch::optim::AdamW optimizer(groups, torch::optim::AdamWOptions(o.let_lr).weight_decay(o.weight_decay));
+
+    const std::int64_t n = x_q.size(0), steps = n / bs;
+    QF_CHECK(steps > 0, "batch size larger than the number of calibration samples");
+    auto start = std::chrono::steady_clock::now();
+    for (int e = 0; e < o.epochs; ++e) {
+      tr.set_epoch(e, o.epochs);
+      double sum = 0;
+      for (std::int64_t s = 0; s < steps; ++s) {
+        tr.truncate_small_scales();
+        const at::Tensor xb = x_q.slice(0, s * bs, (s + 1) * bs);
+        at::Tensor out = block_forward(c, tr.fake_quantized(fp), xb, rope, o.acts);
+        at::Tensor loss = at::mse_loss(out, y_fp.slice(0, s * bs, (s + 1) * bs));
+        if (o.aug_loss) loss = loss + at::mse_loss(out, y_fp2.slice(0, s * bs, (s + 1) * bs));
+        const double lv = loss.item<double>();
+        if (!std::isfinite(lv)) {
+          // The reference drops into pdb here; a batch job must stop with a reason instead.
+          throw InternalError(label + ": non-finite loss at epoch " + std::to_string(e) + " step " + std::to_string(s) +
+                              " (try a smaller --sf or learning rate)");
+        }
+        optimizer.zero_grad();
+        loss.backward();
+        optimizer.step();
+        projections += tr.enforce_diagonal_dominance();
+        sum += lv;
+      }
+      epoch_loss.push_back(sum / static_cast<double>(steps));
+      double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      QF_LOG(Info) << label << " epoch " << (e + 1) << "/" << o.epochs << " loss " << epoch_loss.back() << " ("
+                   << coordinator::format_duration(elapsed) << ", block ETA "
+                   << coordinator::format_duration(coordinator::estimate_eta_seconds(e + 1, o.epochs, elapsed)) << ")";
+    }
+    // The fold uses the last epoch's mask, which is what training ended with.
+    tr.set_epoch(o.epochs - 1, o.epochs);
+  }
+  BlockResult r = finalize_block(fp, tr, o.weights);
+  r.epoch_loss = std::move(epoch_loss);
+  r.initial_loss = initial;
+  r.projections = projections;
+  if (has_data) r.final_loss = mse_over(c, r.weights, x_q, y_fp, rope, o.acts, bs);
+  if (projections > 0) {
+    QF_LOG(Warn) << label << ": restored strict diagonal dominance " << projections
+                 << " times (off-diagonals shrunk to 0.99 of the diagonal)";
+  }
+  return r;
+}
+
+}  // namespace qforge::worker
