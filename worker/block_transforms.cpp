@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <map>
+
 #include "common/error.h"
 
 namespace qforge::worker {
@@ -184,6 +186,31 @@ std::vector<at::Tensor> BlockTransforms::lwc_parameters() const {
     out.push_back(cp.lower);
   }
   return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> BlockTransforms::state() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (auto& [name, t] : named_let_parameters()) out.emplace_back(name, t.detach().clone());
+  for (std::size_t i = 0; i < clips_.size(); ++i) {
+    out.emplace_back("clip." + linear_names()[i] + ".upper", clips_[i].upper.detach().clone());
+    out.emplace_back("clip." + linear_names()[i] + ".lower", clips_[i].lower.detach().clone());
+  }
+  return out;
+}
+
+void BlockTransforms::load_state(const std::vector<std::pair<std::string, at::Tensor>>& state) {
+  at::NoGradGuard no_grad;
+  std::map<std::string, at::Tensor> mine;
+  for (auto& [name, t] : named_let_parameters()) mine[name] = t;
+  for (std::size_t i = 0; i < clips_.size(); ++i) {
+    mine["clip." + linear_names()[i] + ".upper"] = clips_[i].upper;
+    mine["clip." + linear_names()[i] + ".lower"] = clips_[i].lower;
+  }
+  for (const auto& [name, value] : state) {
+    auto it = mine.find(name);
+    QF_CHECK(it != mine.end() && it->second.sizes() == value.sizes(), "transform state does not match: " + name);
+    it->second.copy_(value);
+  }
 }
 
 ClipParams BlockTransforms::clip(std::size_t linear) const { return clips_.empty() ? ClipParams{} : clips_[linear]; }

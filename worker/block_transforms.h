@@ -71,6 +71,10 @@ class BlockTransforms {
   std::vector<std::pair<std::string, at::Tensor>> named_let_parameters() const;
   std::vector<at::Tensor> let_parameters() const;
   std::vector<at::Tensor> lwc_parameters() const;
+  // Every trainable tensor by name (LET names above, "clip.<linear>.upper|lower"), detached copies; and
+  // the inverse, which overwrites values in place (to resume or re-fold a trained block).
+  std::vector<std::pair<std::string, at::Tensor>> state() const;
+  void load_state(const std::vector<std::pair<std::string, at::Tensor>>& state);
 
   // Rebuilds the band masks for epoch e of E (AffineQuant; no-op otherwise).
   void set_epoch(int epoch, int epochs);

@@ -62,53 +62,75 @@ double mse_over(const storage::LlamaConfig& c, const BlockWeights& w, const at::
 
 }  // namespace
 
+BlockTrainer::BlockTrainer(const storage::LlamaConfig& config, const BlockWeights& fp, const ActStats& stats,
+                           const CalibOptions& options, const RopeTables& rope)
+    : config_(config), fp_(fp), options_(options), rope_(rope), transforms_(config, fp, stats, options.transform, options.weights) {
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  auto group = [&](std::vector<at::Tensor> params, double lr) {
+    if (params.empty()) return;
+    auto opt = std::make_unique<torch::optim::AdamWOptions>(lr);
+    opt->weight_decay(options_.weight_decay);  // LibTorch's AdamW defaults to 1e-2; the reference uses 0
+    groups.emplace_back(std::move(params), std::move(opt));
+  };
+  group(transforms_.let_parameters(), options_.let_lr);
+  group(transforms_.lwc_parameters(), options_.lwc_lr);
+  if (!groups.empty()) {
+    optimizer_ = std::make_unique<torch::optim::AdamW>(groups,
+                                                       torch::optim::AdamWOptions(options_.let_lr).weight_decay(options_.weight_decay));
+  }
+}
+
+BlockTrainer::~BlockTrainer() = default;
+
+bool BlockTrainer::trainable() const { return optimizer_ != nullptr; }
+
+void BlockTrainer::begin_epoch(int epoch) {
+  epoch_ = epoch;
+  steps_in_epoch_ = 0;
+  transforms_.set_epoch(epoch, std::max(1, options_.epochs));
+}
+
+double BlockTrainer::step(const at::Tensor& x, const at::Tensor& y, const at::Tensor& y2, const std::string& label) {
+  QF_CHECK(optimizer_, "nothing to train");
+  transforms_.truncate_small_scales();
+  at::Tensor out = block_forward(config_, transforms_.fake_quantized(fp_), x, rope_, options_.acts);
+  at::Tensor loss = at::mse_loss(out, y);
+  if (options_.aug_loss) loss = loss + at::mse_loss(out, y2);
+  const double lv = loss.item<double>();
+  if (!std::isfinite(lv)) {
+    // The reference drops into pdb here; a batch job must stop with a reason instead.
+    throw InternalError(label + ": non-finite loss at epoch " + std::to_string(epoch_) + " step " +
+                        std::to_string(steps_in_epoch_) + " (try a smaller --sf or learning rate)");
+  }
+  optimizer_->zero_grad();
+  loss.backward();
+  optimizer_->step();
+  projections_ += transforms_.enforce_diagonal_dominance();
+  ++steps_in_epoch_;
+  return lv;
+}
+
 BlockResult calibrate_block(const storage::LlamaConfig& c, const BlockWeights& fp, const at::Tensor& x_q,
                             const at::Tensor& y_fp, const at::Tensor& y_fp2, const ActStats& stats,
                             const CalibOptions& o, const RopeTables& rope, const std::string& label) {
-  BlockTransforms tr(c, fp, stats, o.transform, o.weights);
+  BlockTrainer trainer(c, fp, stats, o, rope);
+  BlockTransforms& tr = trainer.transforms();
   const bool has_data = x_q.defined() && x_q.numel() > 0;
   const std::int64_t bs = std::max<std::int64_t>(1, o.batch_size);
   double initial = 0;
   if (has_data) initial = mse_over(c, tr.fake_quantized(fp), x_q, y_fp, rope, o.acts, bs);
 
   std::vector<double> epoch_loss;
-  std::int64_t projections = 0;
-  const bool train = has_data && o.epochs > 0 && (o.transform.let || o.transform.lwc);
-  if (train) {
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    auto group = [&](std::vector<at::Tensor> params, double lr) {
-      if (params.empty()) return;
-      auto opt = std::make_unique<torch::optim::AdamWOptions>(lr);
-      opt->weight_decay(o.weight_decay);  // LibTorch's AdamW defaults to 1e-2; the reference uses 0
-      groups.emplace_back(std::move(params), std::move(opt));
-    };
-    group(tr.let_parameters(), o.let_lr);
-    group(tr.lwc_parameters(), o.lwc_lr);
-    torch::optim::AdamW optimizer(groups, torch::optim::AdamWOptions(o.let_lr).weight_decay(o.weight_decay));
-
+  if (has_data && o.epochs > 0 && trainer.trainable()) {
     const std::int64_t n = x_q.size(0), steps = n / bs;
     QF_CHECK(steps > 0, "batch size larger than the number of calibration samples");
     auto start = std::chrono::steady_clock::now();
     for (int e = 0; e < o.epochs; ++e) {
-      tr.set_epoch(e, o.epochs);
+      trainer.begin_epoch(e);
       double sum = 0;
       for (std::int64_t s = 0; s < steps; ++s) {
-        tr.truncate_small_scales();
-        const at::Tensor xb = x_q.slice(0, s * bs, (s + 1) * bs);
-        at::Tensor out = block_forward(c, tr.fake_quantized(fp), xb, rope, o.acts);
-        at::Tensor loss = at::mse_loss(out, y_fp.slice(0, s * bs, (s + 1) * bs));
-        if (o.aug_loss) loss = loss + at::mse_loss(out, y_fp2.slice(0, s * bs, (s + 1) * bs));
-        const double lv = loss.item<double>();
-        if (!std::isfinite(lv)) {
-          // The reference drops into pdb here; a batch job must stop with a reason instead.
-          throw InternalError(label + ": non-finite loss at epoch " + std::to_string(e) + " step " + std::to_string(s) +
-                              " (try a smaller --sf or learning rate)");
-        }
-        optimizer.zero_grad();
-        loss.backward();
-        optimizer.step();
-        projections += tr.enforce_diagonal_dominance();
-        sum += lv;
+        auto rows = [&](const at::Tensor& t) { return t.defined() ? t.slice(0, s * bs, (s + 1) * bs) : t; };
+        sum += trainer.step(rows(x_q), rows(y_fp), rows(y_fp2), label);
       }
       epoch_loss.push_back(sum / static_cast<double>(steps));
       double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -117,15 +139,16 @@ BlockResult calibrate_block(const storage::LlamaConfig& c, const BlockWeights& f
                    << coordinator::format_duration(coordinator::estimate_eta_seconds(e + 1, o.epochs, elapsed)) << ")";
     }
     // The fold uses the last epoch's mask, which is what training ended with.
-    tr.set_epoch(o.epochs - 1, o.epochs);
+    trainer.begin_epoch(o.epochs - 1);
   }
   BlockResult r = finalize_block(fp, tr, o.weights);
   r.epoch_loss = std::move(epoch_loss);
   r.initial_loss = initial;
-  r.projections = projections;
+  r.projections = trainer.projections();
+  r.transform_state = tr.state();
   if (has_data) r.final_loss = mse_over(c, r.weights, x_q, y_fp, rope, o.acts, bs);
-  if (projections > 0) {
-    QF_LOG(Warn) << label << ": restored strict diagonal dominance " << projections
+  if (r.projections > 0) {
+    QF_LOG(Warn) << label << ": restored strict diagonal dominance " << r.projections
                  << " times (off-diagonals shrunk to 0.99 of the diagonal)";
   }
   return r;

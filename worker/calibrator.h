@@ -9,10 +9,16 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "worker/block_transforms.h"
+
+namespace torch::optim {
+class Optimizer;
+}
 
 namespace qforge::worker {
 
@@ -41,6 +47,36 @@ struct BlockResult {
   double initial_loss = 0.0;            // MSE of the untrained quantized block (all samples)
   double final_loss = 0.0;              // MSE of the folded, quantized block (all samples)
   std::int64_t projections = 0;         // rows restored to diagonal dominance
+  std::vector<std::pair<std::string, at::Tensor>> transform_state;  // trained transforms and clipping
+};
+
+// One block's optimisation state: transforms, clipping and the AdamW optimiser (two parameter groups,
+// transforms at let_lr and clipping at lwc_lr, weight decay 0). step() is one optimiser step on one
+// batch; calibrate_block drives it over epochs, benchmarks drive it directly.
+class BlockTrainer {
+ public:
+  BlockTrainer(const storage::LlamaConfig& config, const BlockWeights& fp, const ActStats& stats,
+               const CalibOptions& options, const RopeTables& rope);
+  ~BlockTrainer();
+  void begin_epoch(int epoch);
+  // Forward with fake-quantized transformed weights and activation quantization, MSE to y (+ y2 with
+  // aug_loss), backward, AdamW step, diagonal-dominance restoration. Returns the loss; throws
+  // InternalError naming `label` on a non-finite loss.
+  double step(const at::Tensor& x, const at::Tensor& y, const at::Tensor& y2, const std::string& label);
+  BlockTransforms& transforms() { return transforms_; }
+  std::int64_t projections() const { return projections_; }
+  bool trainable() const;
+
+ private:
+  const storage::LlamaConfig& config_;
+  const BlockWeights& fp_;
+  CalibOptions options_;
+  const RopeTables& rope_;
+  BlockTransforms transforms_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::int64_t projections_ = 0;
+  int epoch_ = 0;
+  std::int64_t steps_in_epoch_ = 0;
 };
 
 // Runs `fn` over [n, L, H] in batches of `batch` sequences under no_grad and concatenates.

@@ -242,3 +242,40 @@ TEST(Calibration, TrainingLowersBlockLossOnStories260K) {
 
 }  // namespace
 }  // namespace qforge::worker
+
+namespace qforge::worker {
+namespace {
+
+TEST(Calibration, FoldUsesTheLastEpochsMask) {
+  at::manual_seed(7);
+  auto c = small_config(4, 2);
+  BlockWeights fp = random_block(c, at::kFloat);
+  at::Tensor x = at::randn({4, 16, c.hidden_size});
+  RopeTables rope = make_rope_tables(c, 16, at::kCPU);
+  ActStats stats = stats_for(c, fp, x, rope);
+  at::Tensor y;
+  {
+    at::NoGradGuard ng;
+    y = block_forward(c, fp, x, rope);
+  }
+  CalibOptions o;
+  o.transform.method = Method::kAffineQuant;
+  o.transform.let = true;
+  o.transform.stability_factor = 0.5;
+  o.weights.bits = 3;
+  o.epochs = 3;
+  BlockResult r = calibrate_block(c, fp, x, y, {}, stats, o, rope, "mask test");
+  // Re-fold the trained state under each epoch's mask: only the last one (full band) reproduces the result.
+  auto refold = [&](int epoch) {
+    BlockTransforms t(c, fp, stats, o.transform, o.weights);
+    t.load_state(r.transform_state);
+    t.set_epoch(epoch, o.epochs);
+    return finalize_block(fp, t, o.weights).weights;
+  };
+  EXPECT_TRUE(at::equal(refold(2).v, r.weights.v));
+  EXPECT_TRUE(at::equal(refold(2).o, r.weights.o));
+  EXPECT_FALSE(at::equal(refold(0).o, r.weights.o));
+}
+
+}  // namespace
+}  // namespace qforge::worker

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Quality table: FP vs RTN, OmniQuant, AffineQuant (deployable) and AffineQuant (faithful) on a model,
+# with one reduced recipe for every method (default 32 x 256 calibration tokens, 10 epochs), per
+# setting and seed. Prints a markdown table of perplexity and KL(FP || quantized) on the eval text.
+#
+#   bench/quality_table.sh [MODEL_DIR] [CALIB_FILE] [EVAL_FILE] [OUT_DIR]
+# Environment: SETTINGS ("w4a16g128 w3a16 w2a16g64 w4a4 w6a6"), METHODS ("rtn omniquant affinequant
+# affinequant-faithful"), SEEDS ("2 3"), NSAMPLES (32), SEQLEN (256), EPOCHS (10), JOBS (parallel runs, 2),
+# QFORGE (build/jobs/qforge), EXTRA (more quantize flags). Results are appended to OUT_DIR/results.tsv,
+# and runs already there are skipped, so the script can be resumed.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+model="${1:-$root/../shared/data/models/ref-6m}"
+calib="${2:-$model/calib.txt}"
+evalf="${3:-$model/valid-sample.txt}"
+out="${4:-/tmp/qforge-quality}"
+qforge="${QFORGE:-$root/build/jobs/qforge}"
+settings="${SETTINGS:-w4a16g128 w3a16 w2a16g64 w4a4 w6a6}"
+methods="${METHODS:-rtn omniquant affinequant affinequant-faithful}"
+seeds="${SEEDS:-2 3}"
+nsamples="${NSAMPLES:-32}" seqlen="${SEQLEN:-256}" epochs="${EPOCHS:-10}" jobs="${JOBS:-2}"
+mkdir -p "$out"
+results="$out/results.tsv"
+touch "$results"
+
+flags_of() {  # setting -> quantize flags
+  local s="$1" w a g
+  w="${s#w}"; w="${w%%a*}"; a="${s#*a}"; a="${a%%g*}"; g=0
+  [[ "$s" == *g* ]] && g="${s##*g}"
+  echo "--wbits $w --abits $a --group-size $g"
+}
+
+run_one() {  # setting method seed
+  local s="$1" m="$2" seed="$3" dir="$out/$1-$2-$3" method="$2" extra=""
+  grep -q "^$s	$m	$seed	" "$results" && return 0
+  [ "$m" = "affinequant-faithful" ] && method=affinequant && extra="--faithful"
+  local t0=$SECONDS
+  "$qforge" quantize --model "$model" --out "$dir" --method "$method" $extra $(flags_of "$s") \
+    --calib-data "$calib" --nsamples "$nsamples" --calib-seqlen "$seqlen" --seed "$seed" --epochs "$epochs" \
+    --threads 1 --log-level warn ${EXTRA:-} > "$dir.log" 2>&1
+  local q=$((SECONDS - t0))
+  local j
+  j=$("$qforge" eval --model "$dir" --reference "$model" --data "$evalf" --seqlen "$seqlen" --json --threads 1 \
+        --log-level warn 2>/dev/null | tail -1)
+  local ppl kl
+  ppl=$(echo "$j" | grep -o '"ppl":[^,}]*' | cut -d: -f2)
+  kl=$(echo "$j" | grep -o '"kl":[^,}]*' | cut -d: -f2)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$s" "$m" "$seed" "$ppl" "$kl" "$q" >> "$results"
+  rm -rf "$dir"
+}
+
+fp=$("$qforge" eval --model "$model" --data "$evalf" --seqlen "$seqlen" --json --log-level warn 2>/dev/null | tail -1 |
+     grep -o '"ppl":[^,}]*' | cut -d: -f2)
+echo "FP perplexity: $fp" > "$out/fp.txt"
+
+for seed in $seeds; do
+  for s in $settings; do
+    for m in $methods; do
+      while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+      run_one "$s" "$m" "$seed" &
+    done
+  done
+done
+wait
+
+echo "model $(basename "$model"), FP perplexity $fp; calibration $nsamples x $seqlen tokens, $epochs epochs; seeds $seeds"
+echo "cell: perplexity / KL(FP||q) in nats per token (mean over seeds; ± half the seed spread)"
+awk -F'\t' -v settings="$settings" -v methods="$methods" '
+  { k = $1 SUBSEP $2; n[k]++; p[k] += $4; kl[k] += $5;
+    if (!(k in lo) || $4 < lo[k]) lo[k] = $4; if (!(k in hi) || $4 > hi[k]) hi[k] = $4 }
+  END {
+    ns = split(settings, S, " "); nm = split(methods, M, " ");
+    printf "| setting |"; for (j = 1; j <= nm; j++) printf " %s |", M[j]; printf "\n|---|"; for (j = 1; j <= nm; j++) printf "---|"; printf "\n";
+    for (i = 1; i <= ns; i++) { printf "| %s |", S[i];
+      for (j = 1; j <= nm; j++) { k = S[i] SUBSEP M[j];
+        if (n[k]) printf " %.2f ±%.2f / %.4f |", p[k] / n[k], (hi[k] - lo[k]) / 2, kl[k] / n[k]; else printf " – |" }
+      printf "\n" } }' "$results"
