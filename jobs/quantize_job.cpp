@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <regex>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -238,7 +240,8 @@ void run_quantize_job(const QuantizeSpec& s) {
   }
   add_global("model.norm.weight");
   if (!cfg.tie_word_embeddings) add_global("lm_head.weight");
-  storage::CheckpointWriter(s.out, specs, s.shard_bytes).write([&](const storage::TensorSpec& spec) { return producers.at(spec.name)(); });
+  storage::CheckpointWriter model_writer(s.out, specs, s.shard_bytes);
+  model_writer.write([&](const storage::TensorSpec& spec) { return producers.at(spec.name)(); });
 
   std::vector<storage::TensorSpec> side_specs;
   for (const auto& f : sidecar_files) {
@@ -246,11 +249,21 @@ void run_quantize_job(const QuantizeSpec& s) {
   }
   std::map<std::string, const storage::SafetensorsFile*> side_of;
   for (const auto& f : sidecar_files) for (const auto& t : f->tensors()) side_of[t.name] = f.get();
-  storage::CheckpointWriter(s.out, side_specs, s.shard_bytes,
-                            {{"format", "pt"}, {"bits", std::to_string(s.wbits)}, {"group_size", std::to_string(s.group_size)},
-                             {"sym", s.sym ? "true" : "false"}},
-                            "quantization")
-      .write([&](const storage::TensorSpec& spec) { return side_of.at(spec.name)->load(spec.name); });
+  storage::CheckpointWriter side_writer(s.out, side_specs, s.shard_bytes,
+                                        {{"format", "pt"}, {"bits", std::to_string(s.wbits)},
+                                         {"group_size", std::to_string(s.group_size)}, {"sym", s.sym ? "true" : "false"}},
+                                        "quantization");
+  side_writer.write([&](const storage::TensorSpec& spec) { return side_of.at(spec.name)->load(spec.name); });
+  // A previous run into the same folder may have left shards of another layout; they would shadow or
+  // contradict the new files, so those (and only those) are removed.
+  std::set<std::string> written;
+  for (const auto& f : model_writer.file_names()) written.insert(f);
+  for (const auto& f : side_writer.file_names()) written.insert(f);
+  static const std::regex ours(R"(^(model|quantization)(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$)");
+  for (const auto& entry : fs::directory_iterator(s.out)) {
+    const std::string name = entry.path().filename().string();
+    if (std::regex_match(name, ours) && !written.count(name)) fs::remove(entry.path());
+  }
 
   storage::write_llama_config(s.out, out_cfg);
   for (const char* f : kCarriedFiles) {

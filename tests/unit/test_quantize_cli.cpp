@@ -92,6 +92,22 @@ TEST_F(QuantizeCli, RtnIsWorseThanFpAndFaithfulRecordsExtras) {
   EXPECT_TRUE(fq.contains("ppl"));
 }
 
+TEST_F(QuantizeCli, ConfigFileKeysWithCommandLineOverrides) {
+  QF_REQUIRE_DATA(model / "model.safetensors");
+  write_file_atomic(dir / "q.cfg", "# job settings\nmethod = rtn\nwbits = 3\ngroup-size = 32\nblock-override = 4:8\n");
+  auto r = quantize(dir / "cfg", "--config " + shell_quote((dir / "q.cfg").string()) + " --wbits 5");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto cfg = storage::read_llama_config(dir / "cfg");
+  EXPECT_EQ(cfg.quant->method, "rtn");
+  EXPECT_EQ(cfg.quant->bits, 5);          // the command line wins
+  EXPECT_EQ(cfg.quant->group_size, 32);   // the file fills the rest (172 = 5 x 32 + a partial 12)
+  EXPECT_EQ(cfg.quant->weight_bits(4), 8);
+  write_file_atomic(dir / "bad.cfg", "wbitz = 3\n");
+  r = quantize(dir / "bad", "--config " + shell_quote((dir / "bad.cfg").string()));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("bad.cfg"), std::string::npos) << r.output;
+}
+
 TEST_F(QuantizeCli, BadInputsAreRefused) {
   QF_REQUIRE_DATA(model / "model.safetensors");
   auto r = quantize(dir / "x", "--method omniquant");

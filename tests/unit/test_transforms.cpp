@@ -279,3 +279,43 @@ TEST(Calibration, FoldUsesTheLastEpochsMask) {
 
 }  // namespace
 }  // namespace qforge::worker
+
+namespace qforge::worker {
+namespace {
+
+TEST(Calibration, Fp64MatricesAndFaithfulShiftsTrainWithoutNaN) {
+  at::manual_seed(8);
+  auto c = small_config(4, 2);
+  BlockWeights fp = random_block(c, at::kFloat);
+  at::Tensor x = at::randn({4, 16, c.hidden_size});
+  RopeTables rope = make_rope_tables(c, 16, at::kCPU);
+  ActStats stats = stats_for(c, fp, x, rope);
+  at::Tensor y;
+  {
+    at::NoGradGuard ng;
+    y = block_forward(c, fp, x, rope);
+  }
+  CalibOptions o;
+  o.transform.method = Method::kAffineQuant;
+  o.transform.let = true;
+  o.transform.lwc = true;
+  o.transform.deployable = false;
+  o.transform.shifts = true;
+  o.transform.ln_matrix = true;
+  o.transform.fp64_matrices = true;
+  o.transform.stability_factor = 1e-2;
+  o.weights.bits = 3;
+  o.weights.deployable = false;
+  o.acts.bits = 6;
+  o.epochs = 3;
+  o.aug_loss = true;
+  BlockResult r = calibrate_block(c, fp, x, y, y, stats, o, rope, "fp64 test");
+  EXPECT_TRUE(std::isfinite(r.final_loss));
+  EXPECT_LT(r.final_loss, r.initial_loss);
+  EXPECT_TRUE(r.weights.input_norm_inverse.defined());
+  EXPECT_TRUE(r.weights.input_norm_bias.defined());
+  EXPECT_TRUE(at::isfinite(r.weights.o).all().item<bool>());
+}
+
+}  // namespace
+}  // namespace qforge::worker
