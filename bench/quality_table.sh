@@ -6,20 +6,26 @@
 #   bench/quality_table.sh [MODEL_DIR] [CALIB_FILE] [EVAL_FILE] [OUT_DIR]
 # Environment: SETTINGS ("w4a16g128 w3a16 w2a16g64 w4a4 w6a6"), METHODS ("rtn omniquant affinequant
 # affinequant-faithful"), SEEDS ("2 3"), NSAMPLES (32), SEQLEN (256), EPOCHS (10), JOBS (parallel runs, 2),
-# QFORGE (build/jobs/qforge), EXTRA (more quantize flags). Results are appended to OUT_DIR/results.tsv,
-# and runs already there are skipped, so the script can be resumed.
+# QFORGE (build/jobs/qforge), TOKENIZER (for models without one in their folder), EXTRA (more quantize
+# flags). Results are appended to OUT_DIR/results.tsv, and runs already there are skipped, so the script
+# can be resumed. The executable is copied first, so rebuilding during a run does not disturb it.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 model="${1:-$root/../shared/data/models/ref-6m}"
 calib="${2:-$model/calib.txt}"
 evalf="${3:-$model/valid-sample.txt}"
 out="${4:-/tmp/qforge-quality}"
-qforge="${QFORGE:-$root/build/jobs/qforge}"
+src_bin="${QFORGE:-$root/build/jobs/qforge}"
 settings="${SETTINGS:-w4a16g128 w3a16 w2a16g64 w4a4 w6a6}"
 methods="${METHODS:-rtn omniquant affinequant affinequant-faithful}"
 seeds="${SEEDS:-2 3}"
 nsamples="${NSAMPLES:-32}" seqlen="${SEQLEN:-256}" epochs="${EPOCHS:-10}" jobs="${JOBS:-2}"
-mkdir -p "$out"
+mkdir -p "$out/bin"
+cp "$src_bin" "$out/bin/qforge"
+cp "$(dirname "$src_bin")/libqforge_spm.so" "$out/bin/"
+qforge="$out/bin/qforge"
+tok_flag=()
+[ -n "${TOKENIZER:-}" ] && tok_flag=(--tokenizer "$TOKENIZER")
 results="$out/results.tsv"
 touch "$results"
 
@@ -37,11 +43,11 @@ run_one() {  # setting method seed
   local t0=$SECONDS
   "$qforge" quantize --model "$model" --out "$dir" --method "$method" $extra $(flags_of "$s") \
     --calib-data "$calib" --nsamples "$nsamples" --calib-seqlen "$seqlen" --seed "$seed" --epochs "$epochs" \
-    --threads 1 --log-level warn ${EXTRA:-} > "$dir.log" 2>&1
+    --threads 1 --log-level warn "${tok_flag[@]}" ${EXTRA:-} > "$dir.log" 2>&1 || { echo "failed: $dir (see $dir.log)" >&2; return 0; }
   local q=$((SECONDS - t0))
   local j
   j=$("$qforge" eval --model "$dir" --reference "$model" --data "$evalf" --seqlen "$seqlen" --json --threads 1 \
-        --log-level warn 2>/dev/null | tail -1)
+        --log-level warn "${tok_flag[@]}" 2>/dev/null | tail -1) || { echo "eval failed: $dir" >&2; return 0; }
   local ppl kl
   ppl=$(echo "$j" | grep -o '"ppl":[^,}]*' | cut -d: -f2)
   kl=$(echo "$j" | grep -o '"kl":[^,}]*' | cut -d: -f2)
@@ -49,14 +55,14 @@ run_one() {  # setting method seed
   rm -rf "$dir"
 }
 
-fp=$("$qforge" eval --model "$model" --data "$evalf" --seqlen "$seqlen" --json --log-level warn 2>/dev/null | tail -1 |
+fp=$("$qforge" eval --model "$model" --data "$evalf" --seqlen "$seqlen" --json --log-level warn "${tok_flag[@]}" 2>/dev/null | tail -1 |
      grep -o '"ppl":[^,}]*' | cut -d: -f2)
 echo "FP perplexity: $fp" > "$out/fp.txt"
 
 for seed in $seeds; do
   for s in $settings; do
     for m in $methods; do
-      while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+      while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
       run_one "$s" "$m" "$seed" &
     done
   done

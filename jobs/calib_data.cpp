@@ -18,8 +18,10 @@ at::Tensor generate_sequences(const worker::LlamaModel& model, std::int64_t n, s
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   at::Tensor ids = at::full({n, 1}, model.config().bos_token_id, at::kLong);
   coordinator::ProgressMeter meter("generate", seqlen - 1, "tok");
+  std::vector<worker::KvCache> caches;
+  const worker::RopeTables rope = model.rope(seqlen);
   for (std::int64_t t = 1; t < seqlen; ++t) {
-    at::Tensor logits = model.forward(ids).select(1, t - 1);  // [n, vocab], fp32
+    at::Tensor logits = model.decode(ids.slice(1, t - 1, t), caches, rope);  // [n, vocab], fp32
     at::Tensor probs = at::softmax(logits.to(at::kDouble), -1);
     at::Tensor next = at::multinomial(probs, 1, false, gen);
     ids = at::cat({ids, next.to(at::kLong)}, 1);

@@ -122,4 +122,25 @@ at::Tensor block_forward(const storage::LlamaConfig& c, const BlockWeights& w, c
   return h + linear(aq(mlp), w.down, w.down_bias);
 }
 
+at::Tensor block_decode(const storage::LlamaConfig& c, const BlockWeights& w, const at::Tensor& x,
+                        const RopeTables& rope, KvCache& cache) {
+  const std::int64_t B = x.size(0), pos = cache.length();
+  const std::int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, d = c.head_dim;
+  auto n1 = block_norm(x, w.input_norm, w.input_norm_bias, w.input_norm_inverse, c.rms_norm_eps);
+  auto q = apply_rope(linear(n1, w.q, w.q_bias).view({B, 1, nh, d}).transpose(1, 2), rope, pos);
+  auto k = apply_rope(linear(n1, w.k, w.k_bias).view({B, 1, nkv, d}).transpose(1, 2), rope, pos);
+  auto v = linear(n1, w.v, w.v_bias).view({B, 1, nkv, d}).transpose(1, 2);
+  cache.k = cache.k.defined() ? at::cat({cache.k, k}, 2) : k;
+  cache.v = cache.v.defined() ? at::cat({cache.v, v}, 2) : v;
+  const std::int64_t T = cache.length(), g = nh / nkv;
+  auto keys = cache.k.unsqueeze(2).expand({B, nkv, g, T, d}).reshape({B, nh, T, d});
+  auto vals = cache.v.unsqueeze(2).expand({B, nkv, g, T, d}).reshape({B, nh, T, d});
+  auto scores = at::matmul(q, keys.transpose(2, 3)) / std::sqrt(static_cast<double>(d));  // all earlier positions
+  auto probs = at::softmax(scores, -1, at_least_float(scores.scalar_type())).to(q.scalar_type());
+  auto attn = at::matmul(probs, vals).transpose(1, 2).reshape({B, 1, nh * d});
+  auto h = x + linear(attn, w.o, w.o_bias);
+  auto n2 = block_norm(h, w.post_norm, w.post_norm_bias, w.post_norm_inverse, c.rms_norm_eps);
+  return h + linear(at::silu(linear(n2, w.gate, w.gate_bias)) * linear(n2, w.up, w.up_bias), w.down, w.down_bias);
+}
+
 }  // namespace qforge::worker

@@ -54,4 +54,16 @@ struct BlockTaps {
 at::Tensor block_forward(const storage::LlamaConfig& config, const BlockWeights& w, const at::Tensor& x,
                          const RopeTables& rope, const ActQuantSpec& act = {}, BlockTaps* taps = nullptr);
 
+// Keys and values of earlier positions, for token-by-token decoding: [batch, kv_heads, t, head_dim].
+struct KvCache {
+  at::Tensor k, v;
+  std::int64_t length() const { return k.defined() ? k.size(2) : 0; }
+};
+
+// Decodes one new position per sequence (x: [batch, 1, hidden]) given the cache of earlier positions,
+// appends this position's keys/values to the cache. Equals block_forward on the whole prefix at the
+// last position (no activation quantization: used to sample from FP models).
+at::Tensor block_decode(const storage::LlamaConfig& config, const BlockWeights& w, const at::Tensor& x,
+                        const RopeTables& rope, KvCache& cache);
+
 }  // namespace qforge::worker

@@ -92,6 +92,22 @@ at::Tensor LlamaModel::head(const at::Tensor& hidden) const {
 
 RopeTables LlamaModel::rope(std::int64_t seqlen) const { return make_rope_tables(config_, seqlen, options_.device); }
 
+at::Tensor LlamaModel::decode(const at::Tensor& ids, std::vector<KvCache>& caches, const RopeTables& rope) const {
+  if (caches.empty()) caches.resize(static_cast<std::size_t>(num_blocks()));
+  at::Tensor x = embed(ids);
+  for (int i = 0; i < num_blocks(); ++i) {
+    auto& slot = cached_blocks_[static_cast<std::size_t>(i)];
+    if (options_.keep_weights && !slot) slot = BlockWeights::load(*ckpt_, config_, i, options_.dtype, options_.device);
+    if (slot) {
+      x = block_decode(config_, *slot, x, rope, caches[static_cast<std::size_t>(i)]);
+    } else {
+      BlockWeights w = BlockWeights::load(*ckpt_, config_, i, options_.dtype, options_.device);
+      x = block_decode(config_, w, x, rope, caches[static_cast<std::size_t>(i)]);
+    }
+  }
+  return head(x).select(1, 0);
+}
+
 at::Tensor LlamaModel::forward(const at::Tensor& ids) const {
   auto r = rope(ids.size(1));
   at::Tensor x = embed(ids);

@@ -60,6 +60,9 @@ class LlamaModel {
   // Whole forward, block by block: ids [batch, seqlen] -> fp32 logits.
   at::Tensor forward(const at::Tensor& ids) const;
   RopeTables rope(std::int64_t seqlen) const;
+  // One decoding step: ids [batch, 1] at position caches[0].length() -> fp32 logits [batch, vocab].
+  // `caches` holds one KvCache per block (resized on first use).
+  at::Tensor decode(const at::Tensor& ids, std::vector<KvCache>& caches, const RopeTables& rope) const;
 
  private:
   const at::Tensor& global(const std::string& name) const;

@@ -43,11 +43,11 @@ RopeTables make_rope_tables(const storage::LlamaConfig& c, std::int64_t seqlen, 
   return {emb.cos().to(device), emb.sin().to(device)};
 }
 
-at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope) {
+at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope, std::int64_t offset) {
   const std::int64_t T = x.size(2), d = x.size(3);
-  QF_CHECK(rope.cos.size(0) >= T && rope.cos.size(1) == d, "rope table too small");
-  auto cos = rope.cos.narrow(0, 0, T).to(x.scalar_type());
-  auto sin = rope.sin.narrow(0, 0, T).to(x.scalar_type());
+  QF_CHECK(rope.cos.size(0) >= offset + T && rope.cos.size(1) == d, "rope table too small");
+  auto cos = rope.cos.narrow(0, offset, T).to(x.scalar_type());
+  auto sin = rope.sin.narrow(0, offset, T).to(x.scalar_type());
   auto x1 = x.narrow(-1, 0, d / 2);
   auto x2 = x.narrow(-1, d / 2, d / 2);
   auto rotated = at::cat({-x2, x1}, -1);

@@ -19,8 +19,8 @@ struct RopeTables {
 
 RopeTables make_rope_tables(const storage::LlamaConfig& config, std::int64_t seqlen, const at::Device& device);
 
-// x: [batch, heads, seqlen, head_dim]; returns x*cos + rotate_half(x)*sin, in x's dtype
-// (the product is formed in x's dtype as HF does).
-at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope);
+// x: [batch, heads, seqlen, head_dim] at positions offset..offset+seqlen-1; returns
+// x*cos + rotate_half(x)*sin in x's dtype (the product is formed in x's dtype as HF does).
+at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope, std::int64_t offset = 0);
 
 }  // namespace qforge::worker

@@ -148,3 +148,27 @@ TEST(ModelForward, BlockByBlockEqualsResidentWeights) {
 
 }  // namespace
 }  // namespace qforge
+
+namespace qforge {
+namespace {
+
+TEST(ModelForward, KvCacheDecodeEqualsFullForward) {
+  const fs::path dir = test::shared_data() / "models/stories260K-hf";
+  QF_REQUIRE_DATA(dir / "model.safetensors");
+  worker::ModelOptions keep;
+  keep.keep_weights = true;
+  worker::LlamaModel m(dir, keep);
+  at::manual_seed(9);
+  at::Tensor ids = at::randint(3, 512, {2, 24}, at::kLong);
+  at::NoGradGuard no_grad;
+  at::Tensor full = m.forward(ids);  // [2, 24, vocab]
+  std::vector<worker::KvCache> caches;
+  auto rope = m.rope(24);
+  for (std::int64_t t = 0; t < 24; ++t) {
+    at::Tensor step = m.decode(ids.slice(1, t, t + 1), caches, rope);
+    EXPECT_LT((step - full.select(1, t)).abs().max().item<double>(), 1e-4) << "position " << t;
+  }
+}
+
+}  // namespace
+}  // namespace qforge
