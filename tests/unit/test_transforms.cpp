@@ -6,6 +6,7 @@
 #include <torch/optim/adamw.h>
 
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "storage/hf_config.h"
 #include "tests/support/test_data.h"
@@ -240,24 +241,27 @@ TEST(Calibration, TrainingLowersBlockLossOnStories260K) {
   }
 }
 
-}  // namespace
-}  // namespace qforge::worker
-
-namespace qforge::worker {
-namespace {
-
-TEST(Calibration, FoldUsesTheLastEpochsMask) {
-  at::manual_seed(7);
-  auto c = small_config(4, 2);
-  BlockWeights fp = random_block(c, at::kFloat);
-  at::Tensor x = at::randn({4, 16, c.hidden_size});
-  RopeTables rope = make_rope_tables(c, 16, at::kCPU);
-  ActStats stats = stats_for(c, fp, x, rope);
-  at::Tensor y;
-  {
+// A random GQA block with 4 calibration sequences, its statistics and FP targets.
+struct SmallProblem {
+  storage::LlamaConfig c = small_config(4, 2);
+  BlockWeights fp;
+  at::Tensor x, y;
+  RopeTables rope;
+  ActStats stats;
+  explicit SmallProblem(std::uint64_t seed) {
+    at::manual_seed(seed);
+    fp = random_block(c, at::kFloat);
+    x = at::randn({4, 16, c.hidden_size});
+    rope = make_rope_tables(c, 16, at::kCPU);
+    stats = stats_for(c, fp, x, rope);
     at::NoGradGuard ng;
     y = block_forward(c, fp, x, rope);
   }
+};
+
+TEST(Calibration, FoldUsesTheLastEpochsMask) {
+  SmallProblem p(7);
+  const auto& [c, fp, x, y, rope, stats] = std::tie(p.c, p.fp, p.x, p.y, p.rope, p.stats);
   CalibOptions o;
   o.transform.method = Method::kAffineQuant;
   o.transform.let = true;
@@ -277,24 +281,9 @@ TEST(Calibration, FoldUsesTheLastEpochsMask) {
   EXPECT_FALSE(at::equal(refold(0).o, r.weights.o));
 }
 
-}  // namespace
-}  // namespace qforge::worker
-
-namespace qforge::worker {
-namespace {
-
 TEST(Calibration, Fp64MatricesAndFaithfulShiftsTrainWithoutNaN) {
-  at::manual_seed(8);
-  auto c = small_config(4, 2);
-  BlockWeights fp = random_block(c, at::kFloat);
-  at::Tensor x = at::randn({4, 16, c.hidden_size});
-  RopeTables rope = make_rope_tables(c, 16, at::kCPU);
-  ActStats stats = stats_for(c, fp, x, rope);
-  at::Tensor y;
-  {
-    at::NoGradGuard ng;
-    y = block_forward(c, fp, x, rope);
-  }
+  SmallProblem p(8);
+  const auto& [c, fp, x, y, rope, stats] = std::tie(p.c, p.fp, p.x, p.y, p.rope, p.stats);
   CalibOptions o;
   o.transform.method = Method::kAffineQuant;
   o.transform.let = true;
