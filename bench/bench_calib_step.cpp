@@ -42,17 +42,7 @@ int main(int argc, char** argv) {
   auto c = storage::parse_llama_config(j, "bench");
 
   at::manual_seed(0);
-  auto r = [](std::int64_t o, std::int64_t i) { return at::randn({o, i}) * 0.02; };
-  worker::BlockWeights fp;
-  fp.input_norm = at::ones({c.hidden_size});
-  fp.post_norm = at::ones({c.hidden_size});
-  fp.q = r(c.q_dim(), c.hidden_size);
-  fp.k = r(c.kv_dim(), c.hidden_size);
-  fp.v = r(c.kv_dim(), c.hidden_size);
-  fp.o = r(c.hidden_size, c.q_dim());
-  fp.gate = r(c.intermediate_size, c.hidden_size);
-  fp.up = r(c.intermediate_size, c.hidden_size);
-  fp.down = r(c.hidden_size, c.intermediate_size);
+  worker::BlockWeights fp = worker::BlockWeights::random(c, at::kFloat, 0.02, 0.0);
   at::Tensor x = at::randn({1, seqlen, c.hidden_size});
   auto rope = worker::make_rope_tables(c, seqlen, at::kCPU);
   worker::ActStats stats;

@@ -131,14 +131,10 @@ void run_quantize_job(const QuantizeSpec& s) {
     if (needs_data) {
       worker::ActStats stats;
       at::Tensor y_fp, y_fp2;
-      {
-        at::NoGradGuard no_grad;
-        for (std::int64_t i = 0; i < x_fp.size(0); i += s.batch_size) {
-          worker::accumulate_act_stats(cfg, fp, x_fp.slice(0, i, std::min(x_fp.size(0), i + s.batch_size)), rope, stats);
-        }
-        auto fp_block = [&](const at::Tensor& x) { return worker::block_forward(cfg, fp, x, rope); };
-        y_fp = worker::map_batches(x_fp, s.batch_size, fp_block);
-        if (co.aug_loss) y_fp2 = worker::map_batches(x_q, s.batch_size, fp_block);
+      y_fp = worker::map_batches(x_fp, s.batch_size,
+                                 [&](const at::Tensor& x) { return worker::accumulate_act_stats(cfg, fp, x, rope, stats); });
+      if (co.aug_loss) {
+        y_fp2 = worker::map_batches(x_q, s.batch_size, [&](const at::Tensor& x) { return worker::block_forward(cfg, fp, x, rope); });
       }
       r = worker::calibrate_block(cfg, fp, x_q, y_fp, y_fp2, stats, co, rope, label);
       x_q = worker::map_batches(x_q, s.batch_size,

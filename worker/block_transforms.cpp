@@ -78,11 +78,11 @@ const at::Tensor& linear_weight(const BlockWeights& w, std::size_t i) {
   return linear_weight(const_cast<BlockWeights&>(w), i);
 }
 
-void accumulate_act_stats(const storage::LlamaConfig& c, const BlockWeights& w, const at::Tensor& x,
-                          const RopeTables& rope, ActStats& stats) {
+at::Tensor accumulate_act_stats(const storage::LlamaConfig& c, const BlockWeights& w, const at::Tensor& x,
+                                const RopeTables& rope, ActStats& stats) {
   at::NoGradGuard no_grad;
   BlockTaps taps;
-  block_forward(c, w, x, rope, {}, &taps);
+  at::Tensor out = block_forward(c, w, x, rope, {}, &taps);
   auto chan_max = [](const at::Tensor& t) { return t.abs().reshape({-1, t.size(-1)}).amax(0).to(at::kFloat); };
   auto upd = [&](at::Tensor& acc, const at::Tensor& t) {
     at::Tensor m = chan_max(t);
@@ -91,6 +91,7 @@ void accumulate_act_stats(const storage::LlamaConfig& c, const BlockWeights& w, 
   upd(stats.qkv, taps.qkv_input);
   upd(stats.o, taps.o_input);
   upd(stats.fc1, taps.fc1_input);
+  return out;
 }
 
 std::int64_t band_width(std::int64_t n, int epoch, int epochs) {

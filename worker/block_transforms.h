@@ -52,8 +52,9 @@ struct ActStats {
   at::Tensor o;     // [q_dim]
   at::Tensor fc1;   // [H]
 };
-// Updates running maxima with one batch of FP-stream block inputs [B, T, H].
-void accumulate_act_stats(const storage::LlamaConfig& c, const BlockWeights& w, const at::Tensor& x,
+// Updates running maxima with one batch of FP-stream block inputs [B, T, H] and returns the FP block's
+// output for it (the calibration target), so statistics and targets take one forward pass.
+at::Tensor accumulate_act_stats(const storage::LlamaConfig& c, const BlockWeights& w, const at::Tensor& x,
                           const RopeTables& rope, ActStats& stats);
 
 // The names of the seven linears, in the order used everywhere ("self_attn.q_proj", ...).

@@ -56,6 +56,22 @@ BlockWeights BlockWeights::load(const storage::CheckpointReader& ckpt, const sto
   return w;
 }
 
+BlockWeights BlockWeights::random(const storage::LlamaConfig& c, at::ScalarType dtype, double weight_std,
+                                  double norm_std) {
+  auto mat = [&](std::int64_t o, std::int64_t i) { return (at::randn({o, i}, at::kDouble) * weight_std).to(dtype); };
+  BlockWeights w;
+  w.input_norm = (1 + norm_std * at::randn({c.hidden_size}, at::kDouble)).to(dtype);
+  w.post_norm = (1 + norm_std * at::randn({c.hidden_size}, at::kDouble)).to(dtype);
+  w.q = mat(c.q_dim(), c.hidden_size);
+  w.k = mat(c.kv_dim(), c.hidden_size);
+  w.v = mat(c.kv_dim(), c.hidden_size);
+  w.o = mat(c.hidden_size, c.q_dim());
+  w.gate = mat(c.intermediate_size, c.hidden_size);
+  w.up = mat(c.intermediate_size, c.hidden_size);
+  w.down = mat(c.hidden_size, c.intermediate_size);
+  return w;
+}
+
 std::uint64_t BlockWeights::nbytes() const {
   std::uint64_t n = 0;
   for (const at::Tensor* t : {&input_norm, &post_norm, &q, &k, &v, &o, &gate, &up, &down, &q_bias, &k_bias, &v_bias,

@@ -25,18 +25,12 @@ storage::LlamaConfig small_config(int heads, int kv_heads) {
 }
 
 BlockWeights random_block(const storage::LlamaConfig& c, at::ScalarType dt) {
-  auto r = [&](std::int64_t o, std::int64_t i) { return (at::randn({o, i}, at::kDouble) * 0.2).to(dt); };
-  BlockWeights w;
-  w.input_norm = (1 + 0.1 * at::randn({c.hidden_size}, at::kDouble)).to(dt);
-  w.post_norm = (1 + 0.1 * at::randn({c.hidden_size}, at::kDouble)).to(dt);
-  w.q = r(c.q_dim(), c.hidden_size);
-  w.k = r(c.kv_dim(), c.hidden_size);
-  w.v = r(c.kv_dim(), c.hidden_size);
-  w.o = r(c.hidden_size, c.q_dim());
-  w.gate = r(c.intermediate_size, c.hidden_size);
-  w.up = r(c.intermediate_size, c.hidden_size);
-  w.down = r(c.hidden_size, c.intermediate_size);
-  return w;
+  return BlockWeights::random(c, dt, 0.2, 0.1);
+}
+
+RopeTables double_rope(const storage::LlamaConfig& c, std::int64_t seqlen) {
+  RopeTables rope = make_rope_tables(c, seqlen, at::kCPU);
+  return {rope.cos.to(at::kDouble), rope.sin.to(at::kDouble)};
 }
 
 ActStats stats_for(const storage::LlamaConfig& c, const BlockWeights& w, const at::Tensor& x, const RopeTables& rope) {
@@ -60,9 +54,7 @@ double max_output_diff(bool gqa, Method method, bool faithful) {
   auto c = small_config(4, gqa ? 2 : 4);
   BlockWeights fp = random_block(c, at::kDouble);
   at::Tensor x = at::randn({2, 16, c.hidden_size}, at::kDouble);
-  RopeTables rope = make_rope_tables(c, 16, at::kCPU);
-  rope.cos = rope.cos.to(at::kDouble);
-  rope.sin = rope.sin.to(at::kDouble);
+  RopeTables rope = double_rope(c, 16);
   TransformOptions o;
   o.method = method;
   o.let = true;
@@ -104,9 +96,7 @@ TEST(TransformFold, FaithfulQkBeforeRopeIsNotAnEquivalence) {
   auto c = small_config(4, 2);
   BlockWeights fp = random_block(c, at::kDouble);
   at::Tensor x = at::randn({1, 16, c.hidden_size}, at::kDouble);
-  RopeTables rope = make_rope_tables(c, 16, at::kCPU);
-  rope.cos = rope.cos.to(at::kDouble);
-  rope.sin = rope.sin.to(at::kDouble);
+  RopeTables rope = double_rope(c, 16);
   TransformOptions o;
   o.method = Method::kAffineQuant;
   o.let = true;
