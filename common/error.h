@@ -10,7 +10,8 @@
 
 namespace qforge {
 
-enum ExitCode : int { kExitOk = 0, kExitInternal = 1, kExitBadInput = 2 };
+// 3: a worker rank stopped responding (the journal records which; resume with the same command).
+enum ExitCode : int { kExitOk = 0, kExitInternal = 1, kExitBadInput = 2, kExitWorkerLost = 3 };
 
 class Error : public std::runtime_error {
  public:

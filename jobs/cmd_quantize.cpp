@@ -65,7 +65,20 @@ int run_quantize(const Args& args) {
       ("sf", po::value<double>(), "AffineQuant stability factor (default: recipe)")
       ("ln-matrix", po::value<bool>(), "full matrices after the norms (faithful only; default: recipe)")
       ("fp64-matrices", po::value<bool>()->default_value(false)->implicit_value(true), "affine matrices in float64")
-      ("shard-size", po::value<std::string>()->default_value("0"), "max bytes per output shard (0: one file)");
+      ("shard-size", po::value<std::string>()->default_value("0"), "max bytes per output shard (0: one file)")
+      ("job-dir", po::value<std::string>()->default_value(""),
+       "job directory (journal, plan, result shards, activation cache); resumed when it holds this job. "
+       "Default <out>/.qforge-job, removed after success")
+      ("mode", po::value<std::string>()->default_value("sequential"),
+       "sequential (each unit sees the quantized stream of the previous ones) | independent (units on the FP "
+       "stream, run concurrently by teams)")
+      ("team-size", po::value<int>()->default_value(0),
+       "ranks per team sharing each optimiser step (0: all ranks in sequential mode, 1 in independent mode)")
+      ("cache-dtype", po::value<std::string>()->default_value("fp32"), "activation cache precision: fp32|bf16")
+      ("heartbeat-timeout", po::value<double>()->default_value(60), "seconds of silence after which a rank is reported lost")
+      ("keep-cache", po::value<bool>()->default_value(false)->implicit_value(true), "keep activation cache files no unit needs any more")
+      ("dry-run", po::value<bool>()->default_value(false)->implicit_value(true),
+       "print the plan (units, memory per rank, cache disk, tensor coverage) and exit");
   po::options_description all;
   all.add(cli).add(job);
   po::variables_map vm;
@@ -138,11 +151,19 @@ int run_quantize(const Args& args) {
   }
   if (s.recipe.epochs < 0) throw InputError("--epochs", "", "must be >= 0");
   if (s.recipe.stability_factor <= 0) throw InputError("--sf", "", "must be positive");
-  QF_LOG(Info) << "quantize " << s.model.string() << " -> " << s.out.string() << ": " << worker::method_name(s.method) << " W"
+  s.job_dir = vm["job-dir"].as<std::string>();
+  s.mode = vm["mode"].as<std::string>();
+  s.team_size = vm["team-size"].as<int>();
+  if (s.team_size < 0) throw InputError("--team-size", "", "must be >= 0");
+  s.cache_dtype = vm["cache-dtype"].as<std::string>();
+  s.heartbeat_timeout_s = vm["heartbeat-timeout"].as<double>();
+  s.keep_cache = vm["keep-cache"].as<bool>();
+  s.dry_run = vm["dry-run"].as<bool>();
+  s.threads = vm["threads"].as<int>();
+  QF_LOG(Debug) << "quantize " << s.model.string() << " -> " << s.out.string() << ": " << worker::method_name(s.method) << " W"
                << s.wbits << "A" << s.abits << (s.group_size ? " g" + std::to_string(s.group_size) : "")
                << (s.faithful ? " faithful" : " deployable") << "; recipe " << s.recipe.describe();
-  run_quantize_job(s);
-  return 0;
+  return run_quantize_job(s);
 }
 
 }  // namespace qforge::jobs

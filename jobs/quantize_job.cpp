@@ -1,21 +1,32 @@
 #include "jobs/quantize_job.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <chrono>
-#include <regex>
-#include <set>
+#include <iostream>
+#include <random>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/fault.h"
 #include "common/file_util.h"
 #include "common/log.h"
+#include "common/mpi_comm.h"
+#include "common/sha256.h"
+#include "common/threads.h"
+#include "coordinator/assembly.h"
+#include "coordinator/coordinator.h"
 #include "coordinator/progress.h"
-#include "partition/model_index.h"
+#include "partition/plan.h"
+#include "storage/activation_cache.h"
+#include "storage/job_dir.h"
+#include "storage/journal.h"
 #include "storage/safetensors.h"
 #include "storage/token_file.h"
 #include "storage/tokenizer.h"
-#include "worker/calibrator.h"
+#include "worker/engine_worker.h"
 #include "worker/llama_model.h"
 
 namespace qforge::jobs {
@@ -24,11 +35,7 @@ namespace {
 
 using nlohmann::json;
 
-// Files of the input folder carried over to the output unchanged.
-const char* const kCarriedFiles[] = {"tokenizer.model", "tokenizer.bin", "tokenizer.json", "tokenizer_config.json",
-                                     "special_tokens_map.json", "generation_config.json"};
-
-storage::QuantConfig make_quant_config(const QuantizeSpec& s, bool norm_bias, bool norm_affine) {
+storage::QuantConfig make_quant_config(const QuantizeSpec& s) {
   storage::QuantConfig q;
   q.method = worker::method_name(s.method);
   q.bits = s.wbits;
@@ -37,8 +44,6 @@ storage::QuantConfig make_quant_config(const QuantizeSpec& s, bool norm_bias, bo
   q.act_bits = s.abits;
   q.act_sym = s.act_sym;
   q.deployable = !s.faithful;
-  q.norm_bias = norm_bias;
-  q.norm_affine = norm_affine;
   q.block_overrides = s.overrides;
   q.calibration = {{"data", s.calib.source == kGenerateSource ? s.calib.source : fs::path(s.calib.source).filename().string()},
                    {"nsamples", s.calib.nsamples},
@@ -66,216 +71,304 @@ worker::TransformOptions transform_options(const QuantizeSpec& s) {
   return t;
 }
 
-}  // namespace
+worker::CalibOptions block_options(const QuantizeSpec& s, int b) {
+  worker::CalibOptions co;
+  co.transform = transform_options(s);
+  const auto ov = s.overrides.find(b);
+  co.weights = {ov != s.overrides.end() && ov->second.bits ? ov->second.bits : s.wbits, s.group_size, s.sym, !s.faithful};
+  co.acts = {ov != s.overrides.end() && ov->second.act_bits ? ov->second.act_bits : s.abits, s.act_sym};
+  co.epochs = s.recipe.epochs;
+  co.batch_size = s.batch_size;
+  co.let_lr = s.recipe.let_lr;
+  co.lwc_lr = s.recipe.lwc_lr;
+  co.aug_loss = s.recipe.aug_loss;
+  return co;
+}
 
-void run_quantize_job(const QuantizeSpec& s) {
-  const auto t_start = std::chrono::steady_clock::now();
-  worker::LlamaModel model(s.model, {});
-  const auto& cfg = model.config();
-  if (cfg.quant) throw InputError((s.model / "config.json").string(), "quantization_config", "the model is already quantized");
-  for (const auto& [block, ov] : s.overrides) {
-    if (block < 0 || block >= model.num_blocks()) {
-      throw InputError("--block-override", "", "block " + std::to_string(block) + " does not exist (the model has " +
-                                                   std::to_string(model.num_blocks()) + " blocks)");
-    }
+bool needs_data(const QuantizeSpec& s) { return s.method != worker::Method::kRtn; }
+
+fs::path job_dir_of(const QuantizeSpec& s) { return s.job_dir.empty() ? s.out / ".qforge-job" : s.job_dir; }
+
+partition::PlanOptions plan_options(const QuantizeSpec& s, int ranks) {
+  partition::PlanOptions o;
+  o.mode = partition::parse_engine_mode(s.mode);
+  o.ranks = ranks;
+  o.team_size = s.team_size;
+  o.nsamples = needs_data(s) ? s.calib.nsamples : 0;
+  o.seqlen = s.calib.seqlen;
+  o.batch_size = s.batch_size;
+  o.epochs = s.recipe.epochs;
+  o.trains = needs_data(s) && (s.recipe.let || s.recipe.lwc);
+  o.aug_loss = s.recipe.aug_loss;
+  o.cache_bytes_per_value = storage::parse_cache_dtype(s.cache_dtype) == storage::CacheDType::kBF16 ? 2 : 4;
+  o.affine_matrices = s.method == worker::Method::kAffineQuant && s.recipe.let;
+  o.group_size = s.group_size;
+  return o;
+}
+
+partition::Plan build_plan(const QuantizeSpec& s, int ranks) {
+  const storage::LlamaConfig cfg = storage::read_llama_config(s.model);
+  const storage::CheckpointReader ckpt(s.model);
+  return partition::make_block_plan(worker::index_checkpoint(cfg, ckpt), plan_options(s, ranks));
+}
+
+// What makes two runs the same job. Paths are left out (a moved model or data file is the same job
+// when its content is); what the content is goes in as digests.
+json job_identity(const QuantizeSpec& s, const std::string& model_fp) {
+  json data = nullptr;
+  if (needs_data(s)) {
+    data = {{"source", s.calib.source == kGenerateSource ? s.calib.source : fs::path(s.calib.source).filename().string()},
+            {"format", s.calib.format}, {"nsamples", s.calib.nsamples}, {"seqlen", s.calib.seqlen}, {"seed", s.calib.seed}};
+    if (s.calib.source != kGenerateSource) data["source_sha256"] = sha256_file(s.calib.source);
+    if (!s.tokenizer.empty()) data["tokenizer_sha256"] = sha256_file(s.tokenizer);
   }
-  if (fs::exists(s.out) && fs::equivalent(s.out, s.model)) throw InputError("--out", "", "must differ from --model");
-  fs::create_directories(s.out);
-  const fs::path tmp = s.out / ".qforge-tmp";
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
+  const auto& r = s.recipe;
+  return {{"qforge", QFORGE_VERSION},
+          {"model_fingerprint", model_fp},
+          {"data", data},
+          {"config", {{"quantization", storage::quant_config_to_json(make_quant_config(s))},
+                      {"faithful", s.faithful},
+                      {"recipe", {{"epochs", r.epochs}, {"let", r.let}, {"lwc", r.lwc}, {"aug_loss", r.aug_loss},
+                                  {"let_lr", r.let_lr}, {"lwc_lr", r.lwc_lr}, {"alpha", r.alpha},
+                                  {"sf", r.stability_factor}, {"ln_matrix", r.ln_matrix}}},
+                      {"batch_size", s.batch_size},
+                      {"fp64_matrices", s.fp64_matrices},
+                      {"cache_dtype", s.cache_dtype}}},
+          {"mode", s.mode},
+          {"team_size", s.team_size}};
+}
 
-  const bool needs_data = s.method != worker::Method::kRtn;
-  at::Tensor x_fp, x_q, calib_ids;
-  worker::RopeTables rope;
-  if (needs_data) {
+std::string random_id() {
+  std::random_device rd;
+  std::ostringstream os;
+  os << std::hex << rd() << rd() << rd() << rd();
+  return os.str();
+}
+
+// Rank 0: create or check the job directory. Returns what every rank needs to know.
+json prepare_job_dir(const QuantizeSpec& s, int ranks, int default_threads) {
+  const storage::JobDir jd(job_dir_of(s));
+  const std::string model_fp = storage::model_fingerprint(s.model);
+  json spec = {{"identity", job_identity(s, model_fp)}, {"threads", s.threads > 0 ? s.threads : default_threads}};
+  spec = storage::create_or_check_job_spec(jd, spec);
+  int threads = spec.at("threads").get<int>();
+  if (s.threads > 0 && s.threads != threads) {
+    QF_LOG(Warn) << "--threads " << s.threads << " differs from this job's pinned " << threads
+                 << " threads: results will not be byte-identical to a run with the pinned count";
+    threads = s.threads;
+  }
+  fs::create_directories(jd.units_dir());
+  fs::create_directories(jd.cache_dir());
+
+  if (needs_data(s) && !fs::exists(jd.calibration_path())) {
+    // Drawn once, at the first start; a resumed run reads the same windows back.
     std::unique_ptr<storage::Tokenizer> tok;
     if (s.calib.source != kGenerateSource) {
       fs::path tp = !s.tokenizer.empty() ? s.tokenizer : storage::find_model_tokenizer(s.model);
       if (!tp.empty()) tok = storage::load_tokenizer(tp);
     }
     worker::ModelOptions gen_opt;
-    gen_opt.keep_weights = true;
-    std::unique_ptr<worker::LlamaModel> generator;
-    if (s.calib.source == kGenerateSource) generator = std::make_unique<worker::LlamaModel>(s.model, gen_opt);
-    at::Tensor ids = load_calibration(s.calib, tok.get(), generator ? *generator : model);
-    generator.reset();
-    calib_ids = ids;
-    at::NoGradGuard no_grad;
-    x_fp = model.embed(ids).to(at::kFloat);
-    x_q = x_fp.clone();
-    rope = model.rope(s.calib.seqlen);
+    gen_opt.keep_weights = s.calib.source == kGenerateSource;
+    const worker::LlamaModel model(s.model, gen_opt);
+    at::Tensor ids = load_calibration(s.calib, tok.get(), model).contiguous();
+    std::vector<std::int32_t> flat(ids.data_ptr<std::int64_t>(), ids.data_ptr<std::int64_t>() + ids.numel());
+    storage::write_token_file(jd.calibration_path(), flat);
     QF_LOG(Info) << "calibration: " << ids.size(0) << " x " << ids.size(1) << " tokens from " << s.calib.source;
   }
+  const partition::Plan plan = build_plan(s, ranks);
+  write_file_atomic(jd.plan_path(), plan.to_json().dump(1) + "\n");
+  const std::string job_id = random_id();
+  write_file_atomic(jd.job_id_path(), job_id + "\n");
+  json units = json::array();
+  for (const auto& u : plan.units) units.push_back({u.first_block, u.num_blocks});
+  return {{"ok", true}, {"job_id", job_id}, {"threads", threads}, {"team_size", plan.team_size},
+          {"model_fingerprint", model_fp}, {"job_fingerprint", spec.at("fingerprint")}, {"units", units}};
+}
 
-  const worker::TransformOptions topt = transform_options(s);
-  bool norm_bias = false, norm_affine = false, any_attn_bias = cfg.attention_bias, any_mlp_bias = cfg.mlp_bias;
-  json report = {{"method", worker::method_name(s.method)}, {"blocks", json::array()}};
-  coordinator::ProgressMeter meter("quantize", model.num_blocks(), "");
-  for (int b = 0; b < model.num_blocks(); ++b) {
-    const std::string label = "block " + std::to_string(b);
-    auto t0 = std::chrono::steady_clock::now();
-    worker::BlockWeights fp = worker::BlockWeights::load(model.checkpoint(), cfg, b, at::kFloat, at::kCPU);
-    worker::CalibOptions co;
-    co.transform = topt;
-    co.weights = {s.overrides.count(b) && s.overrides.at(b).bits ? s.overrides.at(b).bits : s.wbits, s.group_size, s.sym,
-                  !s.faithful};
-    co.acts = {s.overrides.count(b) && s.overrides.at(b).act_bits ? s.overrides.at(b).act_bits : s.abits, s.act_sym};
-    co.epochs = s.recipe.epochs;
-    co.batch_size = s.batch_size;
-    co.let_lr = s.recipe.let_lr;
-    co.lwc_lr = s.recipe.lwc_lr;
-    co.aug_loss = s.recipe.aug_loss;
+coordinator::AssemblySpec assembly_spec(const QuantizeSpec& s, const storage::JobDir& jd,
+                                        const std::vector<std::pair<int, int>>& units) {
+  coordinator::AssemblySpec a;
+  a.model = s.model;
+  a.out = s.out;
+  a.job = jd;
+  a.out_config = storage::read_llama_config(s.model);
+  a.out_config.quant = make_quant_config(s);
+  a.units = units;
+  a.model_dtype = storage::from_scalar_type(worker::parse_compute_dtype(a.out_config.torch_dtype));
+  a.shard_bytes = s.shard_bytes;
+  a.sidecar_metadata = {{"format", "pt"}, {"bits", std::to_string(s.wbits)}, {"group_size", std::to_string(s.group_size)},
+                        {"sym", s.sym ? "true" : "false"}};
+  a.report = {{"method", worker::method_name(s.method)}};
+  a.tokenizer = s.tokenizer;
+  a.copy_calibration_tokens = needs_data(s);
+  return a;
+}
 
-    worker::BlockResult r;
-    if (needs_data) {
-      worker::ActStats stats;
-      at::Tensor y_fp, y_fp2;
-      y_fp = worker::map_batches(x_fp, s.batch_size,
-                                 [&](const at::Tensor& x) { return worker::accumulate_act_stats(cfg, fp, x, rope, stats); });
-      if (co.aug_loss) {
-        y_fp2 = worker::map_batches(x_q, s.batch_size, [&](const at::Tensor& x) { return worker::block_forward(cfg, fp, x, rope); });
+}  // namespace
+
+int run_quantize_job(const QuantizeSpec& s) {
+  const auto t_start = std::chrono::steady_clock::now();
+  const storage::LlamaConfig cfg = storage::read_llama_config(s.model);
+  if (cfg.quant) throw InputError((s.model / "config.json").string(), "quantization_config", "the model is already quantized");
+  for (const auto& [block, ov] : s.overrides) {
+    if (block < 0 || block >= cfg.num_hidden_layers) {
+      throw InputError("--block-override", "", "block " + std::to_string(block) + " does not exist (the model has " +
+                                                   std::to_string(cfg.num_hidden_layers) + " blocks)");
+    }
+  }
+  if (fs::exists(s.out) && fs::equivalent(s.out, s.model)) throw InputError("--out", "", "must differ from --model");
+  storage::parse_cache_dtype(s.cache_dtype);
+  if (s.heartbeat_timeout_s <= 0) throw InputError("--heartbeat-timeout", "", "must be positive");
+
+  MpiSession mpi(nullptr, nullptr);
+  const int rank = mpi.world_rank(), ranks = mpi.world_size();
+  if (s.dry_run) {
+    if (rank == 0) std::cout << partition::format_plan_report(build_plan(s, ranks)) << std::flush;
+    return kExitOk;
+  }
+  set_log_identity(ranks > 1 ? rank : -1, rank == 0 ? "coord+worker" : "worker");
+  // Team members log the same epoch lines as rank 0; at the default level only rank 0 speaks.
+  if (rank != 0 && log_level() == LogLevel::kInfo) set_log_level(LogLevel::kWarn);
+  configure_fault_injection(rank);
+  const MpiComm world = MpiComm::duplicate(MPI_COMM_WORLD);
+
+  // 1. Rank 0 prepares the job directory; everyone learns the outcome.
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int default_threads = std::getenv("QFORGE_THREADS") ? at::get_num_threads() : std::max(1, cores / mpi.local_size());
+  json prep;
+  if (rank == 0) {
+    try {
+      prep = prepare_job_dir(s, ranks, default_threads);
+    } catch (const Error& e) {
+      world.broadcast(json{{"ok", false}, {"code", e.exit_code()}}.dump(), 0);
+      throw;  // rank 0 reports it
+    }
+  }
+  prep = json::parse(world.broadcast(prep.dump(), 0));
+  if (!prep.at("ok").get<bool>()) return prep.at("code").get<int>();
+
+  // 2. Every rank must see the same job directory (multi-node runs need it on a shared filesystem).
+  const storage::JobDir jd(job_dir_of(s));
+  std::string seen;
+  try {
+    seen = read_file(jd.job_id_path());
+  } catch (const Error&) {
+  }
+  {
+    int ok = seen == prep.at("job_id").get<std::string>() + "\n" ? 1 : 0, all_ok = 0;
+    QF_MPI_CHECK(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, world.get()));
+    if (!all_ok) {
+      const std::string msg = jd.root().string() + ": not every rank sees this job directory's job_id (rank " +
+                              std::to_string(rank) + (ok ? " does" : " does not") +
+                              "); multi-node runs need --job-dir on a filesystem shared by all nodes";
+      if (rank == 0 || !ok) {
+        QF_LOG(Error) << msg;
       }
-      r = worker::calibrate_block(cfg, fp, x_q, y_fp, y_fp2, stats, co, rope, label);
-      x_q = worker::map_batches(x_q, s.batch_size,
-                                [&](const at::Tensor& x) { return worker::block_forward(cfg, r.weights, x, rope, co.acts); });
-      x_fp = y_fp;
-    } else {
-      worker::BlockTransforms none(cfg, fp, {}, topt, co.weights);
-      r = worker::finalize_block(fp, none, co.weights);
-    }
-    norm_bias = norm_bias || r.weights.input_norm_bias.defined();
-    norm_affine = norm_affine || r.weights.input_norm_inverse.defined();
-    any_attn_bias = any_attn_bias || r.weights.q_bias.defined() || r.weights.v_bias.defined() || r.weights.o_bias.defined();
-    any_mlp_bias = any_mlp_bias || r.weights.gate_bias.defined();
-
-    // This block's tensors, named as in the checkpoint, go to temporary shards until assembly.
-    std::vector<std::pair<std::string, at::Tensor>> weights, sidecar;
-    auto put = [&](const std::string& suffix, const at::Tensor& t) {
-      if (t.defined()) weights.emplace_back(partition::block_tensor_name(b, suffix), t.contiguous());
-    };
-    const auto& w = r.weights;
-    put("input_layernorm.weight", w.input_norm);
-    put("post_attention_layernorm.weight", w.post_norm);
-    put("input_layernorm.bias", w.input_norm_bias);
-    put("post_attention_layernorm.bias", w.post_norm_bias);
-    put("input_layernorm.affine_inverse", w.input_norm_inverse);
-    put("post_attention_layernorm.affine_inverse", w.post_norm_inverse);
-    const auto& names = worker::linear_names();
-    const at::Tensor* biases[] = {&w.q_bias, &w.k_bias, &w.v_bias, &w.o_bias, &w.gate_bias, &w.up_bias, &w.down_bias};
-    for (std::size_t i = 0; i < names.size(); ++i) {
-      put(names[i] + ".weight", worker::linear_weight(w, i));
-      put(names[i] + ".bias", *biases[i]);
-      const std::string base = partition::block_tensor_name(b, names[i]);
-      sidecar.emplace_back(base + ".codes", r.linears[i].codes);
-      sidecar.emplace_back(base + ".scales", r.linears[i].scales);
-      sidecar.emplace_back(base + ".zeros", r.linears[i].zeros);
-    }
-    storage::write_safetensors(tmp / ("block-" + std::to_string(b) + ".safetensors"), weights);
-    storage::write_safetensors(tmp / ("sidecar-" + std::to_string(b) + ".safetensors"), sidecar);
-
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    json jb = {{"block", b}, {"bits", co.weights.bits}, {"act_bits", co.acts.bits}};
-    if (needs_data) {
-      jb["initial_loss"] = r.initial_loss;
-      jb["final_loss"] = r.final_loss;
-      jb["epoch_loss"] = r.epoch_loss;
-      jb["diagonal_dominance_projections"] = r.projections;
-      QF_LOG(Info) << label << " done in " << coordinator::format_duration(secs) << ": block-output MSE " << r.initial_loss
-                   << " -> " << r.final_loss;
-    }
-    report["blocks"].push_back(jb);
-    meter.update(b + 1);
-  }
-
-  if (needs_data) {
-    // NLL of the in-memory quantized model on the calibration windows: `qforge eval` of the output
-    // folder on calibration.tok (written below) must reproduce it, which checks the whole round trip.
-    at::NoGradGuard no_grad;
-    double sum = 0;
-    for (std::int64_t i = 0; i < x_q.size(0); ++i) {
-      at::Tensor logp = at::log_softmax(model.head(x_q[i].unsqueeze(0))[0], -1);
-      const std::int64_t L = calib_ids.size(1);
-      sum -= logp.slice(0, 0, L - 1).gather(1, calib_ids[i].slice(0, 1, L).unsqueeze(1)).sum().item<double>();
-    }
-    report["calibration_mean_nll"] = sum / static_cast<double>(calib_ids.size(0) * (calib_ids.size(1) - 1));
-    std::vector<std::int32_t> flat(calib_ids.data_ptr<std::int64_t>(), calib_ids.data_ptr<std::int64_t>() + calib_ids.numel());
-    storage::write_token_file(s.out / "calibration.tok", flat);
-  }
-
-  // ---- assembly: stream temporary shards into the final layout --------------------------------------
-  storage::LlamaConfig out_cfg = cfg;
-  out_cfg.quant = make_quant_config(s, norm_bias, norm_affine);
-  out_cfg.attention_bias = any_attn_bias;
-  out_cfg.mlp_bias = any_mlp_bias;
-  std::vector<std::unique_ptr<storage::SafetensorsFile>> block_files, sidecar_files;
-  for (int b = 0; b < model.num_blocks(); ++b) {
-    block_files.push_back(std::make_unique<storage::SafetensorsFile>(tmp / ("block-" + std::to_string(b) + ".safetensors")));
-    sidecar_files.push_back(std::make_unique<storage::SafetensorsFile>(tmp / ("sidecar-" + std::to_string(b) + ".safetensors")));
-  }
-  const storage::DType model_dtype = storage::from_scalar_type(worker::parse_compute_dtype(cfg.torch_dtype));
-  std::vector<storage::TensorSpec> specs;
-  std::map<std::string, std::function<at::Tensor()>> producers;
-  auto add_global = [&](const std::string& name) {
-    const auto& info = model.checkpoint().info(name);
-    specs.push_back({name, info.dtype, info.shape});
-    producers[name] = [&model, name] { return model.checkpoint().load(name); };
-  };
-  add_global("model.embed_tokens.weight");
-  for (int b = 0; b < model.num_blocks(); ++b) {
-    for (const auto& [suffix, shape] : partition::expected_block_tensors(out_cfg)) {
-      const std::string name = partition::block_tensor_name(b, suffix);
-      const storage::DType dt = model.checkpoint().contains(name) ? model.checkpoint().info(name).dtype : model_dtype;
-      specs.push_back({name, dt, shape});
-      const storage::SafetensorsFile* f = block_files[static_cast<std::size_t>(b)].get();
-      const auto st = storage::to_scalar_type(dt);
-      const auto shp = shape;
-      // Biases a stock LLaMA with attention_bias/mlp_bias expects but the transforms did not create are 0.
-      producers[name] = [f, name, st, shp] { return f->find(name) ? f->load(name).to(st) : at::zeros(shp, st); };
+      if (rank == 0) throw InputError("--job-dir", "", "not on a shared filesystem (see the log)");
+      return kExitBadInput;
     }
   }
-  add_global("model.norm.weight");
-  if (!cfg.tie_word_embeddings) add_global("lm_head.weight");
-  storage::CheckpointWriter model_writer(s.out, specs, s.shard_bytes);
-  model_writer.write([&](const storage::TensorSpec& spec) { return producers.at(spec.name)(); });
 
-  std::vector<storage::TensorSpec> side_specs;
-  for (const auto& f : sidecar_files) {
-    for (const auto& t : f->tensors()) side_specs.push_back({t.name, t.dtype, t.shape});
-  }
-  std::map<std::string, const storage::SafetensorsFile*> side_of;
-  for (const auto& f : sidecar_files) for (const auto& t : f->tensors()) side_of[t.name] = f.get();
-  storage::CheckpointWriter side_writer(s.out, side_specs, s.shard_bytes,
-                                        {{"format", "pt"}, {"bits", std::to_string(s.wbits)},
-                                         {"group_size", std::to_string(s.group_size)}, {"sym", s.sym ? "true" : "false"}},
-                                        "quantization");
-  side_writer.write([&](const storage::TensorSpec& spec) { return side_of.at(spec.name)->load(spec.name); });
-  // A previous run into the same folder may have left shards of another layout; they would shadow or
-  // contradict the new files, so those (and only those) are removed.
-  std::set<std::string> written;
-  for (const auto& f : model_writer.file_names()) written.insert(f);
-  for (const auto& f : side_writer.file_names()) written.insert(f);
-  static const std::regex ours(R"(^(model|quantization)(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$)");
-  for (const auto& entry : fs::directory_iterator(s.out)) {
-    const std::string name = entry.path().filename().string();
-    if (std::regex_match(name, ours) && !written.count(name)) fs::remove(entry.path());
+  // 3. Pinned thread count, teams, engine settings (identical on every rank).
+  configure_threads(prep.at("threads").get<int>());
+  const int team_size = prep.at("team_size").get<int>();
+  const MpiComm team = world.split(rank / team_size, rank);
+  worker::EngineSettings es;
+  es.model = s.model;
+  es.job = jd;
+  es.model_fingerprint = prep.at("model_fingerprint").get<std::string>();
+  es.job_fingerprint = prep.at("job_fingerprint").get<std::string>();
+  es.sequential = partition::parse_engine_mode(s.mode) == partition::EngineMode::kSequential;
+  es.team_size = team_size;
+  es.samples = s.calib.nsamples;
+  es.seqlen = s.calib.seqlen;
+  es.batch_size = s.batch_size;
+  es.cache_dtype = storage::parse_cache_dtype(s.cache_dtype);
+  es.needs_data = needs_data(s);
+  for (const auto& u : prep.at("units")) es.units.emplace_back(u[0].get<int>(), u[1].get<int>());
+  for (int b = 0; b < cfg.num_hidden_layers; ++b) es.block_options.push_back(block_options(s, b));
+  es.heartbeat_interval_s = std::min(5.0, s.heartbeat_timeout_s / 4);
+  es.collective_timeout_s = 2 * s.heartbeat_timeout_s + 10;
+  if (rank == 0) {
+    QF_LOG(Info) << "quantize " << s.model.string() << " -> " << s.out.string() << ": " << worker::method_name(s.method)
+                 << " W" << s.wbits << "A" << s.abits << (s.group_size ? " g" + std::to_string(s.group_size) : "")
+                 << (s.faithful ? " faithful" : " deployable") << "; recipe " << s.recipe.describe();
+    QF_LOG(Info) << "job " << jd.root().string() << ": " << ranks << " rank" << (ranks > 1 ? "s" : "") << ", "
+                 << s.mode << " mode, " << ranks / team_size << " team(s) of " << team_size << ", "
+                 << prep.at("threads").get<int>() << " compute thread(s) per rank";
   }
 
-  storage::write_llama_config(s.out, out_cfg);
-  for (const char* f : kCarriedFiles) {
-    if (fs::exists(s.model / f)) write_file_atomic(s.out / f, read_file(s.model / f));
+  // 4. Rank 0: the coordinator thread. Every rank: the worker loop.
+  std::thread coord_thread;
+  coordinator::CoordinatorOutcome outcome;
+  std::exception_ptr coord_error;
+  std::unique_ptr<storage::Journal> journal;
+  if (rank == 0) {
+    const storage::JournalReplay replay = storage::replay_journal(jd.journal_path());
+    if (replay.torn_tail) {
+      QF_LOG(Warn) << jd.journal_path().string() << ": dropping a torn last record (crash during append)";
+    }
+    coordinator::JobState state(static_cast<int>(es.units.size()), es.sequential, es.needs_data ? es.samples : 0);
+    for (const auto& r : replay.records) state.apply(r);
+    journal = std::make_unique<storage::Journal>(jd.journal_path());
+    coordinator::CoordinatorSettings cs;
+    cs.job = jd;
+    cs.ranks = ranks;
+    cs.team_size = team_size;
+    cs.needs_data = es.needs_data;
+    cs.units = es.units;
+    cs.heartbeat_timeout_s = s.heartbeat_timeout_s;
+    cs.keep_cache = s.keep_cache;
+    const coordinator::AssemblySpec aspec = assembly_spec(s, jd, es.units);
+    coord_thread = std::thread([&, cs, aspec, state]() mutable {
+      try {
+        coordinator::Coordinator c(cs, world, *journal, std::move(state),
+                                   [&aspec](const coordinator::JobState& st) { coordinator::assemble_checkpoint(aspec, st); });
+        outcome = c.run();
+      } catch (...) {
+        coord_error = std::current_exception();
+      }
+    });
   }
-  if (!s.tokenizer.empty() && storage::find_model_tokenizer(s.out).empty()) {
-    const std::string name = storage::load_tokenizer(s.tokenizer)->kind() == "sentencepiece" ? "tokenizer.model" : "tokenizer.bin";
-    write_file_atomic(s.out / name, read_file(s.tokenizer));
+  worker::WorkerExit wexit = worker::WorkerExit::kOk;
+  try {
+    wexit = worker::run_worker(es, world, team);
+  } catch (const std::exception& e) {
+    // The worker could not even start (e.g. the model does not load on this node): nothing to resume
+    // here is lost, but the other ranks would wait for this one, so the whole job ends now.
+    QF_LOG(Error) << "worker failed to start: " << e.what();
+    MpiSession::abort(kExitInternal);
   }
-  write_file_atomic(s.out / "calibration_report.json", report.dump(2) + "\n");
-  block_files.clear();
-  sidecar_files.clear();
-  fs::remove_all(tmp);
+  if (rank != 0) {
+    if (wexit == worker::WorkerExit::kAborting) {
+      // Rank 0 ends the job with MPI_Abort; entering MPI_Finalize here would wait on the lost peer and
+      // race that abort inside the launcher. Wait to be ended (bounded, in case rank 0 is gone too).
+      std::this_thread::sleep_for(std::chrono::seconds(120));
+      std::_Exit(kExitWorkerLost);
+    }
+    return wexit == worker::WorkerExit::kOk ? kExitOk : kExitInternal;
+  }
+
+  coord_thread.join();
+  if (coord_error) {
+    try {
+      std::rethrow_exception(coord_error);
+    } catch (const Error& e) {
+      QF_LOG(Error) << "coordinator: " << e.what();
+      // Workers may still wait for work; the journal is intact, so ending every rank is safe.
+      MpiSession::abort(e.exit_code());
+    }
+  }
+  if (outcome.worker_lost) MpiSession::abort(outcome.exit_code);  // MPI_Finalize would wait on the lost rank
+  if (outcome.exit_code != 0) return outcome.exit_code;
+  if (s.job_dir.empty()) {
+    journal.reset();
+    fs::remove_all(jd.root());
+  }
   QF_LOG(Info) << "wrote " << s.out.string() << " (" << worker::method_name(s.method) << " W" << s.wbits << "A" << s.abits
                << (s.group_size ? " g" + std::to_string(s.group_size) : "") << ") in "
                << coordinator::format_duration(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
+  return kExitOk;
 }
 
 }  // namespace qforge::jobs

@@ -1,14 +1,12 @@
-// The single-process quantization job: calibration data -> block loop -> HF output folder.
+// The quantize job: one code path for one process and for `mpirun -np N`.
 //
-// Block loop (algorithms.md §1.5): the FP stream X_fp and the quantized stream X_q start as the embedded
-// calibration sequences; for each block: statistics and targets from the FP block (Y = block(X_fp),
-// and block(X_q) with aug_loss), calibrate (calibrator.h), write the folded fake-quant weights and the
-// integer codes/scales/zeros of that block to a temporary shard, then X_q = quantized block(X_q) and
-// X_fp = Y. Only one block's weights are materialised at a time. Finally the output folder is assembled
-// by streaming: model*.safetensors (fake-quant weights in the original dtype), config.json with a
-// quantization_config, quantization*.safetensors (the sidecar: per linear `<name>.codes` U8 [out, in],
-// `<name>.scales` F16 [out, G], `<name>.zeros` I32 [out, G]), calibration_report.json (per-block losses and
-// the in-memory model's NLL on the calibration windows), calibration.tok (those windows) and the tokenizer.
+// Every rank parses the same command line. Rank 0 prepares the job directory (storage/job_dir.h:
+// spec and fingerprint check, calibration windows, plan, job id), every rank checks it sees the same
+// job id (shared filesystem), teams are formed, rank 0 starts the coordinator thread
+// (coordinator/coordinator.h) and every rank, rank 0 included, runs the worker loop
+// (worker/engine_worker.h) until SHUTDOWN. The coordinator assembles the output folder
+// (coordinator/assembly.h). A job directory that holds a matching journal is resumed: finished units
+// are never re-run.
 #pragma once
 
 #include <cstdint>
@@ -41,9 +39,19 @@ struct QuantizeSpec {
   std::int64_t batch_size = 1;
   bool fp64_matrices = false;
   std::uint64_t shard_bytes = 0;
+  // Engine
+  fs::path job_dir;                  // empty: <out>/.qforge-job, removed after success
+  std::string mode = "sequential";   // sequential | independent
+  int team_size = 0;                 // 0: all ranks (sequential) or 1 (independent)
+  std::string cache_dtype = "fp32";
+  double heartbeat_timeout_s = 60;
+  bool keep_cache = false;
+  bool dry_run = false;
+  int threads = 0;                   // --threads as given (0: pinned value of the job, else default)
 };
 
-// Runs the whole job; throws InputError for bad input, InternalError for failures.
-void run_quantize_job(const QuantizeSpec& spec);
+// Runs the whole job (or prints the plan with dry_run); throws InputError for bad input, InternalError
+// for failures. Returns the exit code (non-zero when the job stopped; the reason is already logged).
+int run_quantize_job(const QuantizeSpec& spec);
 
 }  // namespace qforge::jobs

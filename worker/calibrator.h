@@ -22,6 +22,34 @@ class Optimizer;
 
 namespace qforge::worker {
 
+// Combines per-rank partial results across a data-parallel team, in a fixed order (so a run is
+// deterministic for a given team size). The one-rank implementation does nothing; the engine's MPI
+// implementation is worker/team_reducer.h.
+class TeamReducer {
+ public:
+  virtual ~TeamReducer() = default;
+  // In-place element-wise sums / maxima over the team; every rank passes tensors of equal shapes and
+  // dtypes in the same order.
+  virtual void sum(std::vector<at::Tensor>& tensors) = 0;
+  virtual void max(std::vector<at::Tensor>& tensors) = 0;
+};
+
+class LocalReducer : public TeamReducer {
+ public:
+  void sum(std::vector<at::Tensor>&) override {}
+  void max(std::vector<at::Tensor>&) override {}
+};
+
+// How this rank's rows relate to the team's. A team splits every optimiser step's global batch of
+// `global_batch` sequences; this rank holds `local_batch` of them per step, stored step by step at the
+// front of its tensors, followed by its share of the samples that fill no whole step.
+struct DataSplit {
+  std::int64_t global_samples = 0;
+  std::int64_t global_batch = 1;
+  std::int64_t local_batch = 1;
+  static DataSplit single(std::int64_t samples, std::int64_t batch) { return {samples, batch, batch}; }
+};
+
 struct CalibOptions {
   TransformOptions transform;
   WeightQuantSpec weights;
@@ -55,14 +83,19 @@ struct BlockResult {
 // batch; calibrate_block drives it over epochs, benchmarks drive it directly.
 class BlockTrainer {
  public:
+  // `reducer` (may be null: one rank) all-reduces gradients and the loss after every backward pass.
   BlockTrainer(const storage::LlamaConfig& config, const BlockWeights& fp, const ActStats& stats,
-               const CalibOptions& options, const RopeTables& rope);
+               const CalibOptions& options, const RopeTables& rope, TeamReducer* reducer = nullptr);
   ~BlockTrainer();
   void begin_epoch(int epoch);
-  // Forward with fake-quantized transformed weights and activation quantization, MSE to y (+ y2 with
-  // aug_loss), backward, AdamW step, diagonal-dominance restoration. Returns the loss; throws
-  // InternalError naming `label` on a non-finite loss.
-  double step(const at::Tensor& x, const at::Tensor& y, const at::Tensor& y2, const std::string& label);
+  // Forward with fake-quantized transformed weights and activation quantization, squared error to y
+  // (+ y2 with aug_loss) divided by the elements of the GLOBAL batch (`global_rows` sequences; this
+  // rank holds x.size(0) of them), backward, gradient all-reduce, AdamW step, diagonal-dominance
+  // restoration. Summed over the team this is exactly the MSE of the whole batch and its gradient.
+  // Returns the team's loss; throws InternalError naming `label` on a non-finite loss (on every rank
+  // alike, since the check follows the all-reduce).
+  double step(const at::Tensor& x, const at::Tensor& y, const at::Tensor& y2, const std::string& label,
+              std::int64_t global_rows = -1);
   BlockTransforms& transforms() { return transforms_; }
   std::int64_t projections() const { return projections_; }
   bool trainable() const;
@@ -72,6 +105,7 @@ class BlockTrainer {
   const BlockWeights& fp_;
   CalibOptions options_;
   const RopeTables& rope_;
+  TeamReducer* reducer_;
   BlockTransforms transforms_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::int64_t projections_ = 0;
@@ -84,10 +118,18 @@ at::Tensor map_batches(const at::Tensor& x, std::int64_t batch, const std::funct
 
 // x_q: quantized-stream inputs [n, L, H]; y_fp: FP block outputs on the FP stream; y_fp2: FP block on
 // x_q (only with aug_loss). Without training (RTN, or epochs = 0) x_q may be empty: only the weights
-// are quantized. `label` names the block in logs and errors.
+// are quantized. `label` names the block in logs and errors. With a team, the tensors hold this
+// rank's rows laid out as `split` says, `stats` must already be the team's maxima, and every rank
+// returns the same result (losses are team-wide).
 BlockResult calibrate_block(const storage::LlamaConfig& config, const BlockWeights& fp, const at::Tensor& x_q,
                             const at::Tensor& y_fp, const at::Tensor& y_fp2, const ActStats& stats,
-                            const CalibOptions& options, const RopeTables& rope, const std::string& label);
+                            const CalibOptions& options, const RopeTables& rope, const std::string& label,
+                            TeamReducer* reducer = nullptr, const DataSplit* split = nullptr);
+
+// Team-wide mean squared error of block(x) against y over all rows (this rank's partial sum reduced).
+double team_mse(const storage::LlamaConfig& config, const BlockWeights& w, const at::Tensor& x, const at::Tensor& y,
+                const RopeTables& rope, const ActQuantSpec& act, std::int64_t batch, TeamReducer* reducer,
+                std::int64_t global_elements);
 
 // Folds `transforms` into `fp` and quantizes the seven linears (no gradient).
 BlockResult finalize_block(const BlockWeights& fp, const BlockTransforms& transforms, const WeightQuantSpec& spec);

@@ -1,0 +1,143 @@
+#include "coordinator/assembly.h"
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <memory>
+#include <regex>
+#include <set>
+
+#include "common/error.h"
+#include "common/fault.h"
+#include "common/file_util.h"
+#include "common/log.h"
+#include "common/sha256.h"
+#include "partition/model_index.h"
+#include "storage/safetensors.h"
+#include "storage/tokenizer.h"
+
+namespace qforge::coordinator {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// Files of the input folder carried over to the output unchanged.
+const char* const kCarriedFiles[] = {"tokenizer.model", "tokenizer.bin", "tokenizer.json", "tokenizer_config.json",
+                                     "special_tokens_map.json", "generation_config.json"};
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool is_sidecar(const std::string& name) { return ends_with(name, ".codes") || ends_with(name, ".scales") || ends_with(name, ".zeros"); }
+
+}  // namespace
+
+void assemble_checkpoint(const AssemblySpec& a, const JobState& state) {
+  // Open and verify every unit shard against the journal before writing anything.
+  std::vector<std::unique_ptr<storage::SafetensorsFile>> shards;
+  json blocks = json::array();
+  for (std::size_t u = 0; u < a.units.size(); ++u) {
+    const json& rec = state.done_record(static_cast<int>(u));
+    const fs::path path = a.job.units_dir() / rec.at("shard").get<std::string>();
+    const std::string digest = sha256_file(path);
+    if (digest != rec.at("digest").get<std::string>()) {
+      throw InputError(path.string(), "", "result shard does not match the digest in the journal (modified or corrupted; "
+                                          "remove it and its unit_done record's effect by rerunning the unit)");
+    }
+    shards.push_back(std::make_unique<storage::SafetensorsFile>(path));
+    blocks.push_back(rec.at("report"));
+  }
+  std::map<std::string, const storage::SafetensorsFile*> owner;
+  for (const auto& f : shards) {
+    for (const auto& t : f->tensors()) owner[t.name] = f.get();
+  }
+
+  storage::LlamaConfig cfg = a.out_config;
+  storage::QuantConfig& q = *cfg.quant;
+  for (const auto& [name, f] : owner) {
+    if (ends_with(name, "layernorm.bias")) q.norm_bias = true;
+    if (ends_with(name, "layernorm.affine_inverse")) q.norm_affine = true;
+    if (ends_with(name, "attn.q_proj.bias") || ends_with(name, "attn.v_proj.bias") || ends_with(name, "attn.o_proj.bias")) {
+      cfg.attention_bias = true;
+    }
+    if (ends_with(name, "mlp.gate_proj.bias")) cfg.mlp_bias = true;
+  }
+
+  const storage::CheckpointReader input(a.model);
+  const storage::DType model_dtype = a.model_dtype;
+  std::vector<storage::TensorSpec> specs;
+  std::map<std::string, std::function<at::Tensor()>> producers;
+  auto add_global = [&](const std::string& name) {
+    const auto& info = input.info(name);
+    specs.push_back({name, info.dtype, info.shape});
+    producers[name] = [&input, name] { return input.load(name); };
+  };
+  add_global("model.embed_tokens.weight");
+  for (const auto& [first, count] : a.units) {
+    for (int b = first; b < first + count; ++b) {
+      for (const auto& [suffix, shape] : partition::expected_block_tensors(cfg)) {
+        const std::string name = partition::block_tensor_name(b, suffix);
+        // Quantized weights keep the input's dtype per tensor; tensors the transforms added take the model's.
+        const storage::DType dt = input.contains(name) ? input.info(name).dtype : model_dtype;
+        specs.push_back({name, dt, shape});
+        const auto it = owner.find(name);
+        const storage::SafetensorsFile* f = it == owner.end() ? nullptr : it->second;
+        const auto st = storage::to_scalar_type(dt);
+        const auto shp = shape;
+        // Biases a stock LLaMA with attention_bias/mlp_bias expects but the transforms did not create are 0.
+        producers[name] = [f, name, st, shp] { return f ? f->load(name).to(st) : at::zeros(shp, st); };
+      }
+    }
+  }
+  add_global("model.norm.weight");
+  if (!cfg.tie_word_embeddings) add_global("lm_head.weight");
+  fs::create_directories(a.out);
+  storage::CheckpointWriter model_writer(a.out, specs, a.shard_bytes);
+  model_writer.write([&](const storage::TensorSpec& spec) { return producers.at(spec.name)(); });
+  fault_point("mid_assembly");
+
+  std::vector<storage::TensorSpec> side_specs;
+  for (const auto& f : shards) {
+    for (const auto& t : f->tensors()) {
+      if (is_sidecar(t.name)) side_specs.push_back({t.name, t.dtype, t.shape});
+    }
+  }
+  storage::CheckpointWriter side_writer(a.out, side_specs, a.shard_bytes, a.sidecar_metadata, "quantization");
+  side_writer.write([&](const storage::TensorSpec& spec) { return owner.at(spec.name)->load(spec.name); });
+  // A previous run into the same folder may have left shards of another layout; they would shadow or
+  // contradict the new files, so those (and only those) are removed.
+  std::set<std::string> written;
+  for (const auto& f : model_writer.file_names()) written.insert(f);
+  for (const auto& f : side_writer.file_names()) written.insert(f);
+  static const std::regex ours(R"(^(model|quantization)(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$)");
+  for (const auto& entry : fs::directory_iterator(a.out)) {
+    const std::string name = entry.path().filename().string();
+    if (std::regex_match(name, ours) && !written.count(name)) fs::remove(entry.path());
+  }
+
+  storage::write_llama_config(a.out, cfg);
+  for (const char* f : kCarriedFiles) {
+    if (fs::exists(a.model / f)) write_file_atomic(a.out / f, read_file(a.model / f));
+  }
+  if (!a.tokenizer.empty() && storage::find_model_tokenizer(a.out).empty()) {
+    const std::string name = storage::load_tokenizer(a.tokenizer)->kind() == "sentencepiece" ? "tokenizer.model" : "tokenizer.bin";
+    write_file_atomic(a.out / name, read_file(a.tokenizer));
+  }
+  json report = a.report;
+  report["blocks"] = blocks;
+  if (!blocks.empty() && blocks.back().contains("calibration_mean_nll")) {
+    report["calibration_mean_nll"] = blocks.back()["calibration_mean_nll"];
+    report["blocks"].back().erase("calibration_mean_nll");
+  }
+  write_file_atomic(a.out / "calibration_report.json", report.dump(2) + "\n");
+  if (a.copy_calibration_tokens && fs::exists(a.job.calibration_path())) {
+    write_file_atomic(a.out / "calibration.tok", read_file(a.job.calibration_path()));
+  }
+  fsync_directory(a.out);
+  QF_LOG(Info) << "assembled " << a.out.string() << " from " << a.units.size() << " unit shards";
+}
+
+}  // namespace qforge::coordinator

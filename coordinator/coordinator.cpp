@@ -1,0 +1,344 @@
+#include "coordinator/coordinator.h"
+
+#include <chrono>
+#include <ctime>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "common/error.h"
+#include "common/fault.h"
+#include "common/log.h"
+#include "common/protocol.h"
+#include "coordinator/progress.h"
+
+namespace qforge::coordinator {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double unix_time() { return static_cast<double>(std::time(nullptr)); }
+
+// Boundary number encoded in a cache file name "bNNNN-...".
+int boundary_of(const std::string& name) { return std::stoi(name.substr(1, 4)); }
+
+}  // namespace
+
+struct Coordinator::Impl {
+  struct Running {  // one assignment in flight
+    protocol::Task task;
+    int team = 0;
+    std::map<int, protocol::Done> dones;  // by rank
+  };
+
+  CoordinatorSettings s;
+  const MpiComm& control;
+  storage::Journal& journal;
+  JobState state;
+  Assemble assemble;
+  std::map<int, Running> running;        // by unit; the FP pass is unit -1
+  std::map<int, Clock::time_point> last_heard;
+  std::map<int, protocol::Hello> hellos;
+  std::map<int, std::string> phase;      // rank -> last heartbeat phase
+  std::set<int> busy_teams;
+  bool failed = false;
+  CoordinatorOutcome outcome;
+  int teams = 1;
+  ProgressMeter meter;
+
+  Impl(CoordinatorSettings settings, const MpiComm& c, storage::Journal& j, JobState st, Assemble a)
+      : s(std::move(settings)), control(c), journal(j), state(std::move(st)), assemble(std::move(a)),
+        teams(s.ranks / s.team_size), meter("units", static_cast<std::int64_t>(s.units.size()), "") {}
+
+  void record(json r) {
+    r["t"] = unix_time();
+    journal.append(r);
+    state.apply(r);
+  }
+
+  std::vector<int> team_ranks(int team) const {
+    std::vector<int> r;
+    for (int i = 0; i < s.team_size; ++i) r.push_back(team * s.team_size + i);
+    return r;
+  }
+
+  std::string unit_label(int unit) const {
+    if (unit < 0) return "the FP pass";
+    const auto [first, count] = s.units.at(static_cast<std::size_t>(unit));
+    return "unit " + std::to_string(unit) + " (block" + (count > 1 ? "s " : " ") + std::to_string(first) +
+           (count > 1 ? "-" + std::to_string(first + count - 1) : "") + ")";
+  }
+
+  // What rank r is doing, for messages: the assignment it belongs to, if any.
+  int unit_of(int rank) const {
+    for (const auto& [u, run] : running) {
+      for (int r : run.task.team_ranks) {
+        if (r == rank && !run.dones.count(rank)) return u;
+      }
+    }
+    return -2;
+  }
+
+  void send_all(const std::string& bytes, const std::set<int>& except = {}) {
+    for (int r = 0; r < s.ranks; ++r) {
+      if (except.count(r)) continue;
+      try {
+        control.send(r, protocol::kTagToWorker, bytes);
+      } catch (const std::exception& e) {
+        QF_LOG(Warn) << "could not reach rank " << r << ": " << e.what();
+      }
+    }
+  }
+
+  void fail(int code, const std::string& message, bool lost, const std::set<int>& lost_ranks = {}) {
+    QF_LOG(Error) << message;
+    failed = true;
+    outcome = {code, lost, message};
+    send_all(protocol::encode(protocol::Shutdown{false, message, lost}), lost_ranks);
+  }
+
+  void dispatch(const Assignment& a) {
+    const std::int64_t attempt = state.next_attempt();
+    if (a.kind == "fp_pass") {
+      const auto missing = state.fp_missing_samples();
+      Running run;
+      run.task.kind = "fp_pass";
+      run.task.attempt = attempt;
+      for (int r = 0; r < s.ranks; ++r) {
+        if (!partition_share(missing, r).empty()) run.task.team_ranks.push_back(r);
+      }
+      record({{"type", "unit_assigned"}, {"unit", -1}, {"kind", "fp_pass"}, {"attempt", attempt},
+              {"ranks", run.task.team_ranks}, {"samples", missing.size()}});
+      for (int r : run.task.team_ranks) {
+        protocol::Task t = run.task;
+        t.samples = partition_share(missing, r);
+        control.send(r, protocol::kTagToWorker, protocol::encode(t));
+      }
+      for (int t = 0; t < teams; ++t) busy_teams.insert(t);
+      QF_LOG(Info) << "FP pass over " << missing.size() << " samples on " << run.task.team_ranks.size() << " ranks";
+      running[-1] = std::move(run);
+      return;
+    }
+    const int u = a.unit;
+    protocol::Task t;
+    t.kind = "unit";
+    t.unit = u;
+    t.attempt = attempt;
+    t.team_ranks = team_ranks(a.team);
+    t.input_boundary = u;
+    if (s.needs_data && u > 0) {
+      t.x_fp_files = state.boundary_files(u, "fp");
+      t.x_q_files = state.sequential() ? state.boundary_files(u, "q") : t.x_fp_files;
+    }
+    const bool last = u + 1 == static_cast<int>(s.units.size());
+    t.write_next = s.needs_data && state.sequential() && !last;
+    t.last_unit = s.needs_data && state.sequential() && last;
+    record({{"type", "unit_assigned"}, {"unit", u}, {"kind", "unit"}, {"attempt", attempt}, {"team", a.team},
+            {"ranks", t.team_ranks}});
+    for (int r : t.team_ranks) control.send(r, protocol::kTagToWorker, protocol::encode(t));
+    busy_teams.insert(a.team);
+    QF_LOG(Debug) << unit_label(u) << " -> team " << a.team;
+    running[u] = Running{t, a.team, {}};
+  }
+
+  std::vector<std::int64_t> partition_share(const std::vector<std::int64_t>& ids, int r) const {
+    const std::size_t n = ids.size(), k = static_cast<std::size_t>(s.ranks), i = static_cast<std::size_t>(r);
+    const std::size_t base = n / k, extra = n % k;
+    const std::size_t start = i * base + std::min(i, extra), len = base + (i < extra ? 1 : 0);
+    return {ids.begin() + static_cast<std::ptrdiff_t>(start), ids.begin() + static_cast<std::ptrdiff_t>(start + len)};
+  }
+
+  void on_done(const protocol::Done& d) {
+    const int u = d.task.kind == "fp_pass" ? -1 : d.task.unit;
+    auto it = running.find(u);
+    if (it == running.end() || it->second.task.attempt != d.task.attempt) {
+      QF_LOG(Warn) << "ignoring a stale DONE from rank " << d.rank << " for " << unit_label(u);
+      return;
+    }
+    Running& run = it->second;
+    run.dones[d.rank] = d;
+    if (u < 0) {
+      // The FP pass is durable per rank: each slice is journaled as soon as it is cached.
+      json files = json::array();
+      for (const auto& f : d.files) files.push_back({{"boundary", boundary_of(f)}, {"file", f}});
+      record({{"type", "fp_slice_done"}, {"attempt", d.task.attempt}, {"rank", d.rank}, {"samples", d.task.samples},
+              {"files", files}, {"peak_rss", d.peak_rss}, {"baseline_rss", d.baseline_rss}, {"seconds", d.seconds},
+              {"cache_bytes_written", d.cache_bytes_written}});
+      if (run.dones.size() == run.task.team_ranks.size()) {
+        QF_LOG(Info) << "FP pass done";
+        running.erase(it);
+        busy_teams.clear();
+      }
+      return;
+    }
+    if (run.dones.size() < run.task.team_ranks.size()) return;
+    const protocol::Done& lead = run.dones.at(run.task.team_ranks.front());
+    QF_CHECK(!lead.shard.empty() && !lead.digest.empty(), "team leader sent no result shard for " + unit_label(u));
+    json ranks = json::array();
+    double secs = 0;
+    for (int r : run.task.team_ranks) {
+      const auto& x = run.dones.at(r);
+      ranks.push_back({{"rank", r}, {"samples", x.samples}, {"files", x.files}, {"peak_rss", x.peak_rss},
+                       {"baseline_rss", x.baseline_rss}, {"seconds", x.seconds},
+                       {"cache_bytes_written", x.cache_bytes_written}, {"cache_bytes_read", x.cache_bytes_read}});
+      secs = std::max(secs, x.seconds);
+    }
+    fault_point("before_journal");
+    record({{"type", "unit_done"}, {"unit", u}, {"attempt", d.task.attempt}, {"team", run.team}, {"shard", lead.shard},
+            {"digest", lead.digest}, {"report", lead.report}, {"ranks", ranks}, {"seconds", secs}});
+    fault_point("after_journal");
+    std::string losses;
+    if (lead.report.contains("final_loss")) {
+      losses = ": block-output MSE " + lead.report["initial_loss"].dump() + " -> " + lead.report["final_loss"].dump();
+    }
+    QF_LOG(Info) << unit_label(u) << " done on team " << run.team << " in " << format_duration(secs) << losses;
+    busy_teams.erase(run.team);
+    running.erase(it);
+    meter.update(state.done_count());
+    if (!s.keep_cache) collect_garbage();
+  }
+
+  // Removes cache files no record needs any more, and temporaries of crashed writers (nothing is
+  // being written when this runs at start; later only files of finished boundaries are removed).
+  void collect_garbage(bool at_start = false) {
+    const fs::path dir = s.job.cache_dir();
+    if (!fs::exists(dir)) return;
+    std::set<std::string> keep = state.live_cache_files();
+    for (const auto& [u, run] : running) {
+      keep.insert(run.task.x_fp_files.begin(), run.task.x_fp_files.end());
+      keep.insert(run.task.x_q_files.begin(), run.task.x_q_files.end());
+    }
+    std::int64_t oldest_running = state.next_attempt();
+    for (const auto& [u, run] : running) oldest_running = std::min(oldest_running, run.task.attempt);
+    for (const auto& e : fs::directory_iterator(dir)) {
+      const std::string name = e.path().filename().string();
+      if (keep.count(name)) continue;
+      // Files of assignments still in flight are being written: leave them (and their temporaries).
+      const auto a = name.find("-a");
+      if (!at_start && a != std::string::npos && std::stoll(name.substr(a + 2, 6)) >= oldest_running) continue;
+      std::error_code ec;
+      fs::remove(e.path(), ec);
+    }
+  }
+
+  void handle(int from, const std::string& bytes) {
+    last_heard[from] = Clock::now();
+    const protocol::Message m = protocol::decode(bytes, from);
+    if (m.type == "heartbeat") {
+      phase[from] = protocol::heartbeat_from(m).phase;
+    } else if (m.type == "hello") {
+      hellos[from] = protocol::hello_from(m);
+    } else if (m.type == "done") {
+      on_done(protocol::done_from(m));
+    } else if (m.type == "failed") {
+      const protocol::Failed f = protocol::failed_from(m);
+      const int u = f.task.kind == "fp_pass" ? -1 : f.task.unit;
+      const std::string msg = unit_label(u) + " failed on rank " + std::to_string(f.rank) + ": " + f.reason;
+      record({{"type", "unit_failed"}, {"unit", u}, {"attempt", f.task.attempt}, {"rank", f.rank}, {"message", msg}});
+      fail(kExitInternal, msg, false);
+    } else {
+      QF_LOG(Warn) << "unexpected " << m.type << " message from rank " << from;
+    }
+  }
+
+  void check_stalls() {
+    const auto now = Clock::now();
+    for (int r = 0; r < s.ranks; ++r) {
+      const double silent = std::chrono::duration<double>(now - last_heard[r]).count();
+      if (silent <= s.heartbeat_timeout_s) continue;
+      const int u = unit_of(r);
+      const std::string doing = u == -2 ? "while idle" : "while running " + unit_label(u);
+      const std::string host = hellos.count(r) ? " on " + hellos[r].host : "";
+      const std::string msg = "worker rank " + std::to_string(r) + host + " stopped responding: no heartbeat for " +
+                              std::to_string(static_cast<int>(silent)) + " s " + doing + " (timeout " +
+                              std::to_string(static_cast<int>(s.heartbeat_timeout_s)) + " s, --heartbeat-timeout)";
+      record({{"type", "worker_lost"}, {"rank", r}, {"unit", u == -2 ? json() : json(u)}, {"silent_s", silent},
+              {"message", msg}});
+      fail(kExitWorkerLost, msg + "; finished units are journaled, rerun the same command to resume", true, {r});
+      return;
+    }
+  }
+
+  CoordinatorOutcome run() {
+    record({{"type", "job_start"}, {"ranks", s.ranks}, {"team_size", s.team_size}, {"teams", teams},
+            {"done_units", state.done_count()}});
+    if (state.starts() > 1) {
+      QF_LOG(Info) << "resuming: " << state.done_count() << "/" << s.units.size() << " units already done (start "
+                   << state.starts() << ")";
+    }
+    const auto t0 = Clock::now();
+    for (int r = 0; r < s.ranks; ++r) last_heard[r] = t0;
+    if (!s.keep_cache) collect_garbage(true);
+    for (const auto& dir : {s.job.units_dir()}) {
+      // Half-written result shards of a crashed run (the rename never happened) are dropped.
+      if (!fs::exists(dir)) continue;
+      for (const auto& e : fs::directory_iterator(dir)) {
+        if (e.path().filename().string().find(".tmp") != std::string::npos) fs::remove(e.path());
+      }
+    }
+    while (!failed) {
+      bool busy = false;
+      while (auto m = control.try_recv(MPI_ANY_SOURCE, protocol::kTagToCoordinator)) {
+        handle(m->first, m->second);
+        busy = true;
+        if (failed) break;
+      }
+      if (failed) break;
+      check_stalls();
+      if (failed) break;
+      if (state.all_units_done() && running.empty()) break;
+      if (static_cast<int>(hellos.size()) == s.ranks) {
+        std::vector<int> idle;
+        for (int t = 0; t < teams; ++t) {
+          if (!busy_teams.count(t)) idle.push_back(t);
+        }
+        std::set<int> running_units;
+        for (const auto& [u, run] : running) {
+          if (u >= 0) running_units.insert(u);
+        }
+        for (const auto& a : schedule(state, running_units, running.count(-1) > 0, idle, teams)) {
+          dispatch(a);
+          busy = true;
+        }
+      }
+      if (!busy) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    if (failed) return outcome;
+    if (!state.complete()) {
+      fault_point("before_assembly");
+      assemble(state);
+      record({{"type", "job_complete"}});
+    } else {
+      QF_LOG(Info) << "the journal says this job is complete; nothing to do";
+    }
+    if (!s.keep_cache) collect_garbage();
+    send_all(protocol::encode(protocol::Shutdown{true, "done", false}));
+    return outcome;
+  }
+};
+
+Coordinator::Coordinator(CoordinatorSettings settings, const MpiComm& control, storage::Journal& journal, JobState state,
+                         Assemble assemble)
+    : impl_(std::make_unique<Impl>(std::move(settings), control, journal, std::move(state), std::move(assemble))) {}
+
+Coordinator::~Coordinator() = default;
+
+CoordinatorOutcome Coordinator::run() {
+  try {
+    return impl_->run();
+  } catch (const std::exception& e) {
+    // Every worker, rank 0's included, is waiting for this thread: tell them the job is over.
+    const std::string msg = std::string("coordinator failed: ") + e.what();
+    try {
+      impl_->record({{"type", "job_failed"}, {"message", msg}});
+    } catch (const std::exception&) {
+    }
+    impl_->send_all(protocol::encode(protocol::Shutdown{false, msg, true}));
+    throw;
+  }
+}
+
+}  // namespace qforge::coordinator

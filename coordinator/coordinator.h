@@ -1,0 +1,60 @@
+// The coordinator: a thread on rank 0 that owns the journal and drives the job. It implements the
+// coordinator side of common/protocol.h. The loop (Coordinator::run):
+//
+//   journal job_start; wait for every rank's HELLO
+//   repeat until every unit is journaled done:
+//     handle messages: HEARTBEAT (liveness), DONE (a unit is journaled done once all of its team's
+//       DONEs are in, then its dead cache files are removed), FAILED (journaled; the job stops)
+//     stall check: a rank silent for longer than the heartbeat timeout is reported by rank and unit,
+//       journaled as worker_lost, and the job stops
+//     schedule(): pure policy (job_state.h) -> ASSIGN to idle teams, journaled as unit_assigned
+//   assemble the output folder (callback), journal job_complete, SHUTDOWN every rank
+//
+// Mechanism only: what runs when is decided by schedule(), what the output looks like by the
+// assembly callback.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/mpi_comm.h"
+#include "coordinator/job_state.h"
+#include "storage/job_dir.h"
+#include "storage/journal.h"
+
+namespace qforge::coordinator {
+
+struct CoordinatorSettings {
+  storage::JobDir job;
+  int ranks = 1;
+  int team_size = 1;          // teams = ranks / team_size; team t = ranks [t·K, (t+1)·K)
+  bool needs_data = true;
+  std::vector<std::pair<int, int>> units;  // unit -> (first block, blocks), for messages
+  double heartbeat_timeout_s = 60;
+  bool keep_cache = false;    // keep dead cache files (debugging, benchmarks)
+};
+
+struct CoordinatorOutcome {
+  int exit_code = 0;          // 0 ok; kExitInternal for a failed unit; kExitWorkerLost for a silent rank
+  bool worker_lost = false;   // a rank may be stopped: MPI_Finalize would wait on it forever
+  std::string message;
+};
+
+class Coordinator {
+ public:
+  using Assemble = std::function<void(const JobState&)>;
+  // `state` is the journal replayed; `journal` is open for appending. `assemble` writes the output.
+  Coordinator(CoordinatorSettings settings, const MpiComm& control, storage::Journal& journal, JobState state,
+              Assemble assemble);
+  ~Coordinator();
+  CoordinatorOutcome run();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace qforge::coordinator

@@ -1,0 +1,172 @@
+// qforge status: progress of a job directory, read from its spec, plan and journal only (safe to run
+// while the job runs, from any node that sees the directory).
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "common/file_util.h"
+#include "coordinator/progress.h"
+#include "jobs/cli.h"
+#include "storage/job_dir.h"
+#include "storage/journal.h"
+
+namespace qforge::jobs {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::string mib(double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / (1024.0 * 1024.0));
+  return buf;
+}
+
+// Everything `status` reports, as one JSON object (also the --json output).
+json collect_status(const storage::JobDir& jd) {
+  if (!fs::exists(jd.spec_path())) throw InputError(jd.spec_path().string(), "", "not a qforge job directory (no job.json)");
+  const json spec = json::parse(read_file(jd.spec_path()));
+  const json plan = fs::exists(jd.plan_path()) ? json::parse(read_file(jd.plan_path())) : json::object();
+  const storage::JournalReplay replay = storage::replay_journal(jd.journal_path());
+  const int units = plan.contains("units") ? static_cast<int>(plan["units"].size()) : 0;
+  const int teams = plan.value("teams", 1);
+
+  json out = {{"job_dir", jd.root().string()}, {"fingerprint", spec.value("fingerprint", "")},
+              {"mode", spec["identity"].value("mode", "")}, {"units_total", units}, {"starts", 0},
+              {"complete", false}, {"last_error", nullptr}, {"torn_tail", replay.torn_tail}};
+  std::vector<json> unit_info(static_cast<std::size_t>(units));
+  for (int u = 0; u < units; ++u) {
+    const auto& pu = plan["units"][static_cast<std::size_t>(u)];
+    unit_info[static_cast<std::size_t>(u)] = {{"unit", u}, {"first_block", pu.value("first_block", u)},
+                                              {"num_blocks", pu.value("num_blocks", 1)}, {"state", "pending"},
+                                              {"attempts", 0}, {"done_count", 0}};
+  }
+  std::map<int, std::int64_t> rank_samples;
+  std::map<int, std::uint64_t> rank_peak;
+  std::uint64_t written = 0, read = 0;
+  std::int64_t fp_samples = 0;
+  double done_seconds = 0;
+  int done = 0, last_ranks = 0;
+  double first_t = 0, last_t = 0;
+  for (const auto& r : replay.records) {
+    const std::string type = r.value("type", "");
+    if (r.contains("t")) {
+      if (first_t == 0) first_t = r["t"].get<double>();
+      last_t = r["t"].get<double>();
+    }
+    const int u = r.value("unit", -1);
+    json* ui = u >= 0 && u < units ? &unit_info[static_cast<std::size_t>(u)] : nullptr;
+    if (type == "job_start") {
+      out["starts"] = out["starts"].get<int>() + 1;
+      last_ranks = r.value("ranks", 0);
+      out["ranks"] = last_ranks;
+      out["team_size"] = r.value("team_size", 0);
+      for (auto& x : unit_info) {
+        if (x["state"] == "assigned") x["state"] = "interrupted";
+      }
+    } else if (type == "unit_assigned" && ui) {
+      (*ui)["attempts"] = (*ui)["attempts"].get<int>() + 1;
+      if ((*ui)["state"] != "done") (*ui)["state"] = "assigned";
+      (*ui)["ranks_assigned"] = r.value("ranks", json::array());
+    } else if (type == "unit_done" && ui) {
+      (*ui)["state"] = "done";
+      (*ui)["done_count"] = (*ui)["done_count"].get<int>() + 1;
+      (*ui)["seconds"] = r.value("seconds", 0.0);
+      (*ui)["team"] = r.value("team", 0);
+      (*ui)["ranks"] = r["ranks"];
+      const json& rep = r.value("report", json::object());
+      for (const char* k : {"initial_loss", "final_loss"}) {
+        if (rep.contains(k)) (*ui)[k] = rep[k];
+      }
+      done_seconds += r.value("seconds", 0.0);
+      ++done;
+      for (const auto& rk : r["ranks"]) {
+        const int rank = rk.value("rank", 0);
+        rank_samples[rank] += rk.value("samples", std::int64_t{0});
+        rank_peak[rank] = std::max(rank_peak[rank], rk.value("peak_rss", std::uint64_t{0}));
+        written += rk.value("cache_bytes_written", std::uint64_t{0});
+        read += rk.value("cache_bytes_read", std::uint64_t{0});
+      }
+    } else if (type == "fp_slice_done") {
+      fp_samples += static_cast<std::int64_t>(r["samples"].size());
+      const int rank = r.value("rank", 0);
+      rank_peak[rank] = std::max(rank_peak[rank], r.value("peak_rss", std::uint64_t{0}));
+      written += r.value("cache_bytes_written", std::uint64_t{0});
+    } else if (type == "unit_failed" || type == "worker_lost" || type == "job_failed") {
+      out["last_error"] = r.value("message", type);
+    } else if (type == "job_complete") {
+      out["complete"] = true;
+    }
+  }
+  out["units_done"] = done;
+  out["units"] = unit_info;
+  json rs = json::object(), rp = json::object();
+  for (const auto& [k, v] : rank_samples) rs[std::to_string(k)] = v;
+  for (const auto& [k, v] : rank_peak) rp[std::to_string(k)] = v;
+  out["rank_samples"] = rs;
+  out["rank_peak_rss"] = rp;
+  out["cache_bytes_written"] = written;
+  out["cache_bytes_read"] = read;
+  if (out["mode"] == "independent") out["fp_pass_samples"] = fp_samples;
+  out["eta_seconds"] = done > 0 && done < units ? done_seconds / done * (units - done) / std::max(1, teams) : 0.0;
+  out["journal_span_seconds"] = last_t - first_t;
+  return out;
+}
+
+}  // namespace
+
+int run_status(const Args& args) {
+  po::options_description desc("status options");
+  add_common_options(desc);
+  desc.add_options()("job-dir", po::value<std::string>()->required(), "job directory")("json", po::bool_switch(),
+                                                                                       "print one JSON object");
+  po::positional_options_description pos;
+  pos.add("job-dir", 1);
+  po::variables_map vm;
+  if (!parse_args(args, "status", "--job-dir DIR [--json]", desc, vm, &pos)) return 0;
+  apply_common_options(vm);
+  const json st = collect_status(storage::JobDir(vm["job-dir"].as<std::string>()));
+  if (vm["json"].as<bool>()) {
+    std::cout << st.dump(2) << "\n";
+    return 0;
+  }
+  const int total = st["units_total"], done = st["units_done"];
+  std::cout << "job " << st["job_dir"].get<std::string>() << " (" << st["mode"].get<std::string>() << " mode, fingerprint "
+            << st["fingerprint"].get<std::string>().substr(0, 12) << ")\n";
+  std::cout << "state: "
+            << (st["complete"].get<bool>() ? "complete" : st["last_error"].is_null() ? "in progress or interrupted" : "stopped")
+            << "; starts " << st["starts"].get<int>() << " (" << std::max(0, st["starts"].get<int>() - 1) << " restarts)"
+            << "; last run " << st.value("ranks", 0) << " ranks\n";
+  std::cout << "progress: " << done << "/" << total << " units done";
+  if (!st["complete"].get<bool>() && done > 0 && done < total) {
+    std::cout << ", ETA " << coordinator::format_duration(st["eta_seconds"].get<double>());
+  }
+  std::cout << "\n";
+  if (st.contains("fp_pass_samples")) std::cout << "FP pass: " << st["fp_pass_samples"].get<std::int64_t>() << " samples cached\n";
+  for (const auto& u : st["units"]) {
+    std::printf("  unit %3d (block %d%s): %-11s", u["unit"].get<int>(), u["first_block"].get<int>(),
+                u["num_blocks"].get<int>() > 1 ? ("+" + std::to_string(u["num_blocks"].get<int>() - 1)).c_str() : "",
+                u["state"].get<std::string>().c_str());
+    if (u["state"] == "done") {
+      std::printf(" %8s on team %d", coordinator::format_duration(u["seconds"].get<double>()).c_str(), u["team"].get<int>());
+      if (u.contains("final_loss")) std::printf(", MSE %.4g -> %.4g", u["initial_loss"].get<double>(), u["final_loss"].get<double>());
+      std::printf(", samples");
+      for (const auto& rk : u["ranks"]) std::printf(" r%d:%lld", rk["rank"].get<int>(), static_cast<long long>(rk["samples"].get<std::int64_t>()));
+    }
+    if (u["attempts"].get<int>() > 1) std::printf(" (%d attempts)", u["attempts"].get<int>());
+    std::printf("\n");
+  }
+  std::cout << "samples per rank (finished units):";
+  for (const auto& [r, n] : st["rank_samples"].items()) std::cout << " r" << r << ":" << n.get<std::int64_t>();
+  std::cout << "\npeak RSS per rank:";
+  for (const auto& [r, n] : st["rank_peak_rss"].items()) std::cout << " r" << r << ":" << mib(n.get<double>());
+  std::cout << "\ncache: " << mib(st["cache_bytes_written"].get<double>()) << " written, "
+            << mib(st["cache_bytes_read"].get<double>()) << " read\n";
+  std::cout << "last error: " << (st["last_error"].is_null() ? "none" : st["last_error"].get<std::string>()) << "\n";
+  return 0;
+}
+
+}  // namespace qforge::jobs

@@ -1,0 +1,57 @@
+// The worker loop of the distributed engine (every rank runs one; rank 0's shares its process with the
+// coordinator thread). It implements the worker side of common/protocol.h:
+//
+//   HELLO -> { wait for ASSIGN -> run the task -> DONE | FAILED } until SHUTDOWN
+//
+// while a heartbeat thread reports every heartbeat interval, whatever the compute thread is doing.
+// A unit task: read this rank's rows of the unit's input streams (embeddings at boundary 0, else the
+// HDF5 cache), calibrate with the team (data-parallel: every optimiser step's global batch split over
+// the team, gradients all-reduced), cache the next boundary's streams (sequential mode), and, on the
+// team leader, write the unit's result shard atomically. An FP-pass task (independent mode) forwards
+// the FP model over this rank's samples and caches the FP stream at every unit boundary.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/mpi_comm.h"
+#include "storage/activation_cache.h"
+#include "storage/job_dir.h"
+#include "worker/calibrator.h"
+
+namespace qforge::worker {
+
+// Identical on every rank (all ranks parse the same command line and job spec).
+struct EngineSettings {
+  std::filesystem::path model;
+  storage::JobDir job;
+  std::string model_fingerprint, job_fingerprint;
+  bool sequential = true;
+  int team_size = 1;
+  std::int64_t samples = 0, seqlen = 0, batch_size = 1;
+  storage::CacheDType cache_dtype = storage::CacheDType::kF32;
+  bool needs_data = true;                              // false for RTN: weights only, no activations
+  std::vector<std::pair<int, int>> units;              // unit -> (first block, number of blocks)
+  std::vector<CalibOptions> block_options;             // per block
+  double heartbeat_interval_s = 5;
+  double collective_timeout_s = 120;                   // longer than the coordinator's heartbeat timeout
+};
+
+enum class WorkerExit {
+  kOk,        // SHUTDOWN after a complete job
+  kFailed,    // the job stopped (a unit failed); MPI can be finalized normally
+  kAborting,  // rank 0 is about to MPI_Abort the job (a peer is lost): do not finalize, wait to be ended
+};
+// Runs until SHUTDOWN. `control` is the job's control communicator; `team` this rank's team.
+WorkerExit run_worker(const EngineSettings& settings, const MpiComm& control, const MpiComm& team);
+
+// The tensors of block `block` of a calibration result as they are named in a checkpoint: the folded
+// fake-quant weights, norms and biases, then per linear "<name>.codes" U8, ".scales" F16, ".zeros" I32.
+std::vector<std::pair<std::string, at::Tensor>> block_result_tensors(int block, const BlockResult& r);
+// True for the sidecar tensors among those (codes, scales, zeros).
+bool is_sidecar_tensor(const std::string& name);
+
+}  // namespace qforge::worker
