@@ -1,5 +1,7 @@
 #include "coordinator/progress.h"
 
+#include "common/log.h"
+
 #include <unistd.h>
 
 #include <cmath>
@@ -32,6 +34,7 @@ double ProgressMeter::elapsed_seconds() const {
 }
 
 void ProgressMeter::update(std::int64_t done, double work) {
+  if (log_level() > LogLevel::kInfo) return;  // progress is info; --log-level warn silences it
   double t = elapsed_seconds();
   bool last = done >= total_;
   if (t < interval_ && !printed_) return;  // short loops print nothing

@@ -125,3 +125,31 @@ TEST_F(QuantizeCli, BadInputsAreRefused) {
 
 }  // namespace
 }  // namespace qforge
+
+namespace qforge {
+namespace {
+
+TEST(QuantizeDryRun, PrintsThePlanAndWritesNothing) {
+  const auto model = test::shared_data() / "models/stories260K-hf";
+  QF_REQUIRE_DATA(model);
+  const auto dir = test::make_temp_dir("dryrun");
+  auto r = test::run_command(test::qforge_binary() + " quantize --dry-run --model " + test::shell_quote(model.string()) +
+                             " --out " + test::shell_quote((dir / "out").string()) +
+                             " --calib-data model:generate --nsamples 16 --calib-seqlen 64 --wbits 4 --abits 4 --mode independent");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("plan: 5 work units, mode independent"), std::string::npos) << r.output;
+  // stories260K-hf: 5 blocks x 9 tensors + embeddings + final norm (tied head).
+  EXPECT_NE(r.output.find("coverage: 47 tensors, each exactly once"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("estimated peak memory per rank"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "out"));
+  // A global batch smaller than the team is refused before anything runs.
+  auto bad = test::run_command(test::qforge_binary() + " quantize --dry-run --model " + test::shell_quote(model.string()) +
+                               " --out " + test::shell_quote((dir / "out").string()) +
+                               " --calib-data model:generate --nsamples 16 --mode independent --team-size 2");
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--team-size"), std::string::npos) << bad.output;
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace qforge
