@@ -3,6 +3,7 @@
 #include <chrono>
 #include <ctime>
 #include <map>
+#include <regex>
 #include <set>
 #include <thread>
 
@@ -217,12 +218,14 @@ struct Coordinator::Impl {
     }
     std::int64_t oldest_running = state.next_attempt();
     for (const auto& [u, run] : running) oldest_running = std::min(oldest_running, run.task.attempt);
+    // Only files named like ours (and their temporaries) are ever removed.
+    static const std::regex ours(R"(^b\d{4}-(fp|q)-a(\d{6})-t\d+\.h5(\.tmp-\d+)?$)");
     for (const auto& e : fs::directory_iterator(dir)) {
       const std::string name = e.path().filename().string();
-      if (keep.count(name)) continue;
+      std::smatch m;
+      if (keep.count(name) || !std::regex_match(name, m, ours)) continue;
       // Files of assignments still in flight are being written: leave them (and their temporaries).
-      const auto a = name.find("-a");
-      if (!at_start && a != std::string::npos && std::stoll(name.substr(a + 2, 6)) >= oldest_running) continue;
+      if (!at_start && std::stoll(m[2].str()) >= oldest_running) continue;
       std::error_code ec;
       fs::remove(e.path(), ec);
     }
@@ -276,11 +279,11 @@ struct Coordinator::Impl {
     const auto t0 = Clock::now();
     for (int r = 0; r < s.ranks; ++r) last_heard[r] = t0;
     if (!s.keep_cache) collect_garbage(true);
-    for (const auto& dir : {s.job.units_dir()}) {
+    if (fs::exists(s.job.units_dir())) {
       // Half-written result shards of a crashed run (the rename never happened) are dropped.
-      if (!fs::exists(dir)) continue;
-      for (const auto& e : fs::directory_iterator(dir)) {
-        if (e.path().filename().string().find(".tmp") != std::string::npos) fs::remove(e.path());
+      static const std::regex temp(R"(^unit-\d{5}\.safetensors\.tmp\.\d+$)");
+      for (const auto& e : fs::directory_iterator(s.job.units_dir())) {
+        if (std::regex_match(e.path().filename().string(), temp)) fs::remove(e.path());
       }
     }
     while (!failed) {

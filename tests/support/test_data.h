@@ -6,6 +6,8 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 
 namespace qforge::test {
@@ -23,6 +25,16 @@ inline bool running_in_ci() {
 
 // Path of the built qforge executable, for tests of the command line.
 inline std::string qforge_binary() { return QFORGE_BINARY; }
+
+// Whole-file byte helpers for tests that build or damage files by hand.
+inline std::string read_bytes(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+inline void write_bytes(const std::filesystem::path& p, const std::string& bytes) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
 
 // A fresh empty directory under the build tree's temp area, removed by the caller if it wants.
 std::filesystem::path make_temp_dir(const std::string& tag);

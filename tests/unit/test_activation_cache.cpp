@@ -45,15 +45,8 @@ at::Tensor rows_for(const std::vector<std::int64_t>& ids, std::uint64_t seed = 1
   return x;
 }
 
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void write_bytes(const fs::path& p, const std::string& bytes) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
+using test::read_bytes;
+using test::write_bytes;
 
 // Runs f and checks it throws InputError whose message contains every word.
 void expect_input_error(const std::function<void()>& f, std::initializer_list<std::string> words) {
