@@ -39,7 +39,9 @@ void configure_fault_injection(int rank) {
   g_fault.point = parts[0];
   if (parts.size() > 2) g_fault.action = parts[2];
   if (parts.size() > 3) g_fault.count = std::stoi(parts[3]);
-  if (g_fault.action != "kill" && g_fault.action != "stop") throw InputError("QFORGE_FAULT", "action", "must be kill or stop");
+  if (g_fault.action != "kill" && g_fault.action != "stop" && g_fault.action != "throw") {
+    throw InputError("QFORGE_FAULT", "action", "must be kill, stop or throw");
+  }
 }
 
 void fault_point(const char* point) {
@@ -47,6 +49,7 @@ void fault_point(const char* point) {
   if (++g_hits != g_fault.count) return;
   std::fprintf(stderr, "qforge: QFORGE_FAULT: %s of pid %d at %s\n", g_fault.action.c_str(), static_cast<int>(getpid()), point);
   std::fflush(stderr);
+  if (g_fault.action == "throw") throw InternalError(std::string("injected fault at ") + point);
   ::kill(getpid(), g_fault.action == "stop" ? SIGSTOP : SIGKILL);
 }
 

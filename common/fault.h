@@ -1,6 +1,7 @@
 // Test-only fault injection: QFORGE_FAULT=<point>:<rank>[:<action>[:<count>]] makes rank <rank> kill
-// (action "kill", SIGKILL, the default) or stop (action "stop", SIGSTOP) itself the <count>-th time
-// (default 1st) it reaches the named point. Resume and lost-worker tests use it to crash a run at an
+// (action "kill", SIGKILL, the default) or stop (action "stop", SIGSTOP) itself, or throw an
+// InternalError (action "throw", a failing unit), the <count>-th time (default 1st) it reaches the
+// named point. Resume and lost-worker tests use it to crash a run at an
 // exact, repeatable place. Points are listed where fault_point() is called; `qforge quantize --help`
 // does not advertise this: it is for tests.
 #pragma once

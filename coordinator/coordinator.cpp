@@ -98,11 +98,11 @@ struct Coordinator::Impl {
     }
   }
 
-  void fail(int code, const std::string& message, bool lost, const std::set<int>& lost_ranks = {}) {
+  void fail(int code, const std::string& message, bool must_abort, const std::set<int>& lost_ranks = {}) {
     QF_LOG(Error) << message;
     failed = true;
-    outcome = {code, lost, message};
-    send_all(protocol::encode(protocol::Shutdown{false, message, lost}), lost_ranks);
+    outcome = {code, must_abort, message};
+    send_all(protocol::encode(protocol::Shutdown{false, message, must_abort}), lost_ranks);
   }
 
   void dispatch(const Assignment& a) {
@@ -245,7 +245,9 @@ struct Coordinator::Impl {
       const int u = f.task.kind == "fp_pass" ? -1 : f.task.unit;
       const std::string msg = unit_label(u) + " failed on rank " + std::to_string(f.rank) + ": " + f.reason;
       record({{"type", "unit_failed"}, {"unit", u}, {"attempt", f.task.attempt}, {"rank", f.rank}, {"message", msg}});
-      fail(kExitInternal, msg, false);
+      // With peers, some may be inside a collective with the failed rank that can never complete, and
+      // MPI_Finalize would wait on it: the job is ended by MPI_Abort after this record, like a lost rank.
+      fail(kExitInternal, msg, s.ranks > 1);
     } else {
       QF_LOG(Warn) << "unexpected " << m.type << " message from rank " << from;
     }

@@ -39,7 +39,7 @@ struct CoordinatorSettings {
 
 struct CoordinatorOutcome {
   int exit_code = 0;          // 0 ok; kExitInternal for a failed unit; kExitWorkerLost for a silent rank
-  bool worker_lost = false;   // a rank may be stopped: MPI_Finalize would wait on it forever
+  bool must_abort = false;    // a rank is lost or mid-collective: MPI_Finalize could wait forever; MPI_Abort
   std::string message;
 };
 

@@ -359,7 +359,7 @@ int run_quantize_job(const QuantizeSpec& s) {
       MpiSession::abort(e.exit_code());
     }
   }
-  if (outcome.worker_lost) MpiSession::abort(outcome.exit_code);  // MPI_Finalize would wait on the lost rank
+  if (outcome.must_abort) MpiSession::abort(outcome.exit_code);  // MPI_Finalize could wait on a lost or stuck rank
   if (outcome.exit_code != 0) return outcome.exit_code;
   if (s.job_dir.empty()) {
     journal.reset();

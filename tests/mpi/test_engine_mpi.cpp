@@ -176,6 +176,21 @@ TEST_F(EngineMpi, StoppedWorkerIsReportedByRankAndUnitAndTheJobResumes) {
   EXPECT_EQ(again.exit_code, 0) << again.output;
 }
 
+TEST_F(EngineMpi, AUnitFailingOnOneRankEndsTheJobWithItsReasonAndResumes) {
+  QF_REQUIRE_DATA(model);
+  // Rank 1 fails in unit 1 while ranks 0 and 2 wait for it inside the gradient all-reduce.
+  auto r = quantize(3, "fail", "", "QFORGE_FAULT=train_step:1:throw:9");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("unit 1 (block 1) failed on rank 1: injected fault at train_step"), std::string::npos) << r.output;
+  bool recorded = false;
+  for (const auto& rec : journal_of(dir / "fail/job")) {
+    if (rec["type"] == "unit_failed") recorded = rec["rank"] == 1 && rec["unit"] == 1;
+  }
+  EXPECT_TRUE(recorded);
+  auto again = quantize(3, "fail");
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+}
+
 TEST_F(EngineMpi, MismatchedResumeIsRefused) {
   QF_REQUIRE_DATA(model);
   auto r = quantize(3, "mm", "", "QFORGE_FAULT=after_journal:0:kill:1");
