@@ -52,7 +52,8 @@ int run_inspect(const Args& args) {
 
   const fs::path dir = vm["model"].as<std::string>();
   const auto config = storage::read_llama_config(dir);
-  storage::CheckpointReader ckpt(dir);
+  const auto ckpt_ptr = worker::open_model_checkpoint(dir, config);
+  const storage::CheckpointReader& ckpt = *ckpt_ptr;
   const auto index = worker::index_checkpoint(config, ckpt);
 
   std::map<std::string, std::uint64_t> dtype_bytes;

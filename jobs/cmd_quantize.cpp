@@ -77,6 +77,8 @@ int run_quantize(const Args& args) {
       ("cache-dtype", po::value<std::string>()->default_value("fp32"), "activation cache precision: fp32|bf16")
       ("heartbeat-timeout", po::value<double>()->default_value(60), "seconds of silence after which a rank is reported lost")
       ("keep-cache", po::value<bool>()->default_value(false)->implicit_value(true), "keep activation cache files no unit needs any more")
+      ("export", po::value<std::string>()->default_value(""), "after success also export: gptq | compressed-tensors | fake-quant")
+      ("export-out", po::value<std::string>()->default_value(""), "folder of the export (default <out>-<format>)")
       ("dry-run", po::value<bool>()->default_value(false)->implicit_value(true),
        "print the plan (units, memory per rank, cache disk, tensor coverage) and exit");
   po::options_description all;
@@ -160,6 +162,9 @@ int run_quantize(const Args& args) {
   s.keep_cache = vm["keep-cache"].as<bool>();
   s.dry_run = vm["dry-run"].as<bool>();
   s.threads = vm["threads"].as<int>();
+  s.export_format = vm["export"].as<std::string>();
+  s.export_out = vm["export-out"].as<std::string>();
+  if (!s.export_format.empty() && s.export_out.empty()) s.export_out = s.out.string() + "-" + s.export_format;
   QF_LOG(Debug) << "quantize " << s.model.string() << " -> " << s.out.string() << ": " << worker::method_name(s.method) << " W"
                << s.wbits << "A" << s.abits << (s.group_size ? " g" + std::to_string(s.group_size) : "")
                << (s.faithful ? " faithful" : " deployable") << "; recipe " << s.recipe.describe();

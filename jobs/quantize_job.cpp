@@ -21,6 +21,7 @@
 #include "coordinator/progress.h"
 #include "partition/plan.h"
 #include "storage/activation_cache.h"
+#include "storage/export.h"
 #include "storage/job_dir.h"
 #include "storage/journal.h"
 #include "storage/safetensors.h"
@@ -149,7 +150,9 @@ std::string random_id() {
 json prepare_job_dir(const QuantizeSpec& s, int ranks, int default_threads) {
   const storage::JobDir jd(job_dir_of(s));
   const std::string model_fp = storage::model_fingerprint(s.model);
-  json spec = {{"identity", job_identity(s, model_fp)}, {"threads", s.threads > 0 ? s.threads : default_threads}};
+  // "out" is where the job assembles its result (not part of the identity): `qforge export --job-dir` reads it.
+  json spec = {{"identity", job_identity(s, model_fp)}, {"threads", s.threads > 0 ? s.threads : default_threads},
+               {"out", fs::absolute(s.out).string()}};
   spec = storage::create_or_check_job_spec(jd, spec);
   int threads = spec.at("threads").get<int>();
   if (s.threads > 0 && s.threads != threads) {
@@ -218,6 +221,10 @@ int run_quantize_job(const QuantizeSpec& s) {
   }
   if (fs::exists(s.out) && fs::equivalent(s.out, s.model)) throw InputError("--out", "", "must differ from --model");
   storage::parse_cache_dtype(s.cache_dtype);
+  if (!s.export_format.empty()) {
+    const std::string why = storage::export_refusal(make_quant_config(s), storage::parse_export_format(s.export_format));
+    if (!why.empty()) throw InputError("--export", "", "cannot export " + s.export_format + ": " + why);
+  }
   if (s.heartbeat_timeout_s <= 0) throw InputError("--heartbeat-timeout", "", "must be positive");
 
   MpiSession mpi(nullptr, nullptr);
@@ -364,6 +371,12 @@ int run_quantize_job(const QuantizeSpec& s) {
   if (s.job_dir.empty()) {
     journal.reset();
     fs::remove_all(jd.root());
+  }
+  if (!s.export_format.empty()) {
+    const storage::ExportResult r =
+        storage::export_checkpoint({s.out, s.export_out, storage::parse_export_format(s.export_format), s.shard_bytes});
+    for (const auto& n : r.notes) QF_LOG(Warn) << n;
+    QF_LOG(Info) << "exported " << s.export_out.string() << " (" << r.checkpoint_format << ")";
   }
   QF_LOG(Info) << "wrote " << s.out.string() << " (" << worker::method_name(s.method) << " W" << s.wbits << "A" << s.abits
                << (s.group_size ? " g" + std::to_string(s.group_size) : "") << ") in "

@@ -48,6 +48,8 @@ struct QuantizeSpec {
   bool keep_cache = false;
   bool dry_run = false;
   int threads = 0;                   // --threads as given (0: pinned value of the job, else default)
+  std::string export_format;         // after success: also export (gptq | compressed-tensors | fake-quant)
+  fs::path export_out;               // default <out>-<format>
 };
 
 // Runs the whole job (or prints the plan with dry_run); throws InputError for bad input, InternalError

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <limits>
 #include <set>
@@ -11,6 +12,8 @@
 #include "common/error.h"
 #include "common/file_util.h"
 #include "storage/safetensors.h"
+
+#include <algorithm>
 
 namespace qforge::storage {
 
@@ -272,18 +275,42 @@ CheckpointReader::CheckpointReader(const fs::path& dir_or_file) : source_(dir_or
 
 std::vector<std::string> CheckpointReader::names() const {
   std::vector<std::string> out;
-  out.reserve(where_.size());
+  out.reserve(where_.size() + derived_.size());
   for (const auto& [name, shard] : where_) out.push_back(name);
+  for (const auto& [name, d] : derived_) out.push_back(name);
+  std::sort(out.begin(), out.end());
   return out;
 }
 
 const TensorInfo& CheckpointReader::info(const std::string& name) const {
+  if (auto d = derived_.find(name); d != derived_.end()) return d->second.info;
   auto it = where_.find(name);
   if (it == where_.end()) throw InputError(source_.string(), name, "missing tensor in checkpoint");
   return shards_[it->second]->info(name);
 }
 
 at::Tensor CheckpointReader::load(const std::string& name) const {
+  if (auto d = derived_.find(name); d != derived_.end()) return d->second.make();
+  auto it = where_.find(name);
+  if (it == where_.end()) throw InputError(source_.string(), name, "missing tensor in checkpoint");
+  return shards_[it->second]->load(name);
+}
+
+void CheckpointReader::add_derived(TensorInfo info, std::function<at::Tensor()> make, const std::vector<std::string>& replaces) {
+  QF_CHECK(!replaces.empty() && where_.count(replaces.front()), "derived tensor " + info.name + " replaces nothing stored");
+  // The replaced tensors stay readable by the closure through the shards themselves.
+  Derived d{info, std::move(make), where_.at(replaces.front())};
+  for (const auto& r : replaces) {
+    auto it = where_.find(r);
+    QF_CHECK(it != where_.end(), "derived tensor " + info.name + " replaces missing " + r);
+    replaced_[r] = it->second;
+    where_.erase(it);
+  }
+  derived_[info.name] = std::move(d);
+}
+
+at::Tensor CheckpointReader::load_stored(const std::string& name) const {
+  if (auto it = replaced_.find(name); it != replaced_.end()) return shards_[it->second]->load(name);
   auto it = where_.find(name);
   if (it == where_.end()) throw InputError(source_.string(), name, "missing tensor in checkpoint");
   return shards_[it->second]->load(name);
@@ -296,6 +323,7 @@ std::vector<std::string> CheckpointReader::shard_names() const {
 }
 
 std::string CheckpointReader::shard_of(const std::string& name) const {
+  if (auto d = derived_.find(name); d != derived_.end()) return shards_[d->second.shard]->path().filename().string();
   auto it = where_.find(name);
   if (it == where_.end()) throw InputError(source_.string(), name, "missing tensor in checkpoint");
   return shards_[it->second]->path().filename().string();

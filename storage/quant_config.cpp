@@ -37,12 +37,64 @@ bool get_bool(const json& j, const char* key, bool fallback, const std::string& 
 
 }  // namespace
 
+namespace {
+
+// GPTQ (formats-and-ecosystem §3a): weight-only, desc_act false.
+QuantConfig parse_gptq(const json& j, const std::string& where) {
+  QuantConfig q;
+  q.method = "gptq";
+  q.bits = get_int(j, "bits", 4, 2, 8, where);
+  const int gs = j.contains("group_size") ? j.at("group_size").get<int>() : -1;
+  q.group_size = gs <= 0 ? 0 : gs;
+  q.sym = get_bool(j, "sym", true, where);
+  if (get_bool(j, "desc_act", false, where)) throw InputError(where, "quantization_config.desc_act", "act-order GPTQ is not read");
+  const std::string fmt = j.value("checkpoint_format", j.value("format", std::string("gptq")));
+  if (fmt != "gptq" && fmt != "gptq_v2") throw InputError(where, "quantization_config.checkpoint_format", "must be gptq or gptq_v2");
+  q.format = fmt;
+  q.sidecar.clear();
+  return q;
+}
+
+// compressed-tensors (§3b): one config group targeting Linear, pack-quantized or int-quantized.
+QuantConfig parse_compressed_tensors(const json& j, const std::string& where) {
+  QuantConfig q;
+  q.method = "compressed-tensors";
+  q.sidecar.clear();
+  q.format = j.value("format", std::string());
+  if (q.format != "pack-quantized" && q.format != "int-quantized") {
+    throw InputError(where, "quantization_config.format", "only pack-quantized and int-quantized are read");
+  }
+  if (!j.contains("config_groups") || j["config_groups"].size() != 1) {
+    throw InputError(where, "quantization_config.config_groups", "exactly one group is read");
+  }
+  const json& g = j["config_groups"].begin().value();
+  const json& w = g.at("weights");
+  q.bits = w.at("num_bits").get<int>();
+  q.sym = w.value("symmetric", true);
+  const std::string strategy = w.value("strategy", std::string("channel"));
+  q.group_size = strategy == "group" ? w.at("group_size").get<std::int64_t>() : 0;
+  if (strategy != "group" && strategy != "channel") throw InputError(where, "quantization_config...weights.strategy", "must be group or channel");
+  if (g.contains("input_activations") && !g["input_activations"].is_null()) {
+    const json& a = g["input_activations"];
+    if (a.value("strategy", std::string()) != "token" || !a.value("dynamic", false)) {
+      throw InputError(where, "quantization_config...input_activations", "only dynamic per-token activations are read");
+    }
+    q.act_bits = a.at("num_bits").get<int>();
+    q.act_sym = a.value("symmetric", true);
+  }
+  return q;
+}
+
+}  // namespace
+
 QuantConfig parse_quant_config(const json& j, const std::string& where) {
   if (!j.is_object()) throw InputError(where, "quantization_config", "must be an object");
   QuantConfig q;
+  if (j.contains("quant_method") && j.at("quant_method") == "gptq") return parse_gptq(j, where);
+  if (j.contains("quant_method") && j.at("quant_method") == "compressed-tensors") return parse_compressed_tensors(j, where);
   if (j.contains("quant_method") && j.at("quant_method") != "qforge") {
     throw InputError(where, "quantization_config.quant_method",
-                     "'" + j.at("quant_method").dump() + "' checkpoints are not read by this qforge version (only qforge fake-quant folders)");
+                     j.at("quant_method").dump() + " checkpoints are not read (qforge, gptq and compressed-tensors are)");
   }
   if (j.contains("method")) {
     if (!j.at("method").is_string()) throw InputError(where, "quantization_config.method", "must be a string");

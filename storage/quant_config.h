@@ -37,13 +37,18 @@ struct QuantConfig {
   bool norm_affine = false;
   std::map<int, BitsOverride> block_overrides;
   std::string sidecar = "quantization.safetensors";
+  // Empty for qforge folders. For exported folders the packed layout of the weights, which readers
+  // dequantize on load: "gptq" (v1 zeros), "gptq_v2", "pack-quantized", "int-quantized".
+  std::string format;
   nlohmann::json calibration = nlohmann::json::object();
 
   int weight_bits(int block) const;
   int activation_bits(int block) const;
 };
 
-// Parses the object under "quantization_config" (InputError naming `where` and the field).
+// Parses the object under "quantization_config" (InputError naming `where` and the field): qforge's
+// own, and the GPTQ and compressed-tensors configs qforge exports (method "gptq" or
+// "compressed-tensors", `format` set), so `qforge eval` can check an exported folder.
 QuantConfig parse_quant_config(const nlohmann::json& j, const std::string& where);
 nlohmann::json quant_config_to_json(const QuantConfig& q);
 

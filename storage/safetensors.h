@@ -106,7 +106,7 @@ class CheckpointReader {
   explicit CheckpointReader(const fs::path& dir_or_file);
   // All tensor names, sorted.
   std::vector<std::string> names() const;
-  bool contains(const std::string& name) const { return where_.count(name) != 0; }
+  bool contains(const std::string& name) const { return where_.count(name) != 0 || derived_.count(name) != 0; }
   // InputError naming the checkpoint and the tensor when absent.
   const TensorInfo& info(const std::string& name) const;
   at::Tensor load(const std::string& name) const;
@@ -119,11 +119,26 @@ class CheckpointReader {
   // Metadata of the first shard (every writer here puts the same metadata in each shard).
   const std::map<std::string, std::string>& metadata() const;
 
+  // Shows a tensor computed from stored ones under `info.name` (e.g. a weight dequantized from a packed
+  // GPTQ export) in place of the stored tensors it is made from (`replaces`), which leave names(),
+  // contains(), info() and load(). Readers above (the model index, block loading) then see a plain
+  // checkpoint. shard_of() of a derived tensor names the shard of its first replaced tensor.
+  void add_derived(TensorInfo info, std::function<at::Tensor()> make, const std::vector<std::string>& replaces);
+  // A stored tensor, also one a derived tensor replaced (what `make` closures read).
+  at::Tensor load_stored(const std::string& name) const;
+
  private:
+  struct Derived {
+    TensorInfo info;
+    std::function<at::Tensor()> make;
+    std::size_t shard = 0;
+  };
   fs::path source_;  // the path given, named in error messages
   fs::path root_;    // folder holding the shards
   std::vector<std::unique_ptr<SafetensorsFile>> shards_;
-  std::map<std::string, std::size_t> where_;  // tensor -> index into shards_
+  std::map<std::string, std::size_t> where_;  // stored tensor -> index into shards_
+  std::map<std::string, Derived> derived_;
+  std::map<std::string, std::size_t> replaced_;  // stored tensors hidden behind derived ones
 };
 
 // What a tensor will be, before its bytes exist (used to plan shards and headers up front).

@@ -1,5 +1,7 @@
 #include "worker/llama_model.h"
 
+#include "storage/export.h"
+
 #include <ATen/ATen.h>
 
 #include "common/error.h"
@@ -37,9 +39,15 @@ partition::ModelIndex index_checkpoint(const storage::LlamaConfig& config, const
   return partition::ModelIndex(config, tensors, ckpt.root().string());
 }
 
+std::unique_ptr<storage::CheckpointReader> open_model_checkpoint(const fs::path& model_dir, const storage::LlamaConfig& config) {
+  auto ckpt = std::make_unique<storage::CheckpointReader>(model_dir);
+  storage::install_dequantizing_view(*ckpt, config);  // exported GPTQ/compressed-tensors folders
+  return ckpt;
+}
+
 LlamaModel::LlamaModel(const fs::path& model_dir, ModelOptions options)
     : dir_(model_dir), options_(options), config_(storage::read_llama_config(model_dir)),
-      ckpt_(std::make_unique<storage::CheckpointReader>(model_dir)),
+      ckpt_(open_model_checkpoint(model_dir, config_)),
       index_(std::make_unique<partition::ModelIndex>(index_checkpoint(config_, *ckpt_))),
       cached_blocks_(static_cast<std::size_t>(config_.num_hidden_layers)) {}
 

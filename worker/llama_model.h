@@ -35,6 +35,9 @@ at::ScalarType parse_compute_dtype(const std::string& name);
 at::Device parse_device(const std::string& name);
 
 // Builds the model index of a checkpoint (names, shapes, dtypes; no weights read).
+// The model's checkpoint as blocks see it: exported GPTQ/compressed-tensors folders show their packed
+// linears as fp32 `.weight` tensors, dequantized when loaded.
+std::unique_ptr<storage::CheckpointReader> open_model_checkpoint(const fs::path& model_dir, const storage::LlamaConfig& config);
 partition::ModelIndex index_checkpoint(const storage::LlamaConfig& config, const storage::CheckpointReader& ckpt);
 
 class LlamaModel {

@@ -1,0 +1,282 @@
+#include "storage/export.h"
+
+#include <ATen/ATen.h>
+
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+
+#include "common/error.h"
+#include "common/file_util.h"
+#include "common/log.h"
+#include "storage/quant_pack.h"
+
+namespace qforge::storage {
+
+using nlohmann::json;
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string strip(const std::string& s, const std::string& suffix) { return s.substr(0, s.size() - suffix.size()); }
+
+const char* const kCarriedFiles[] = {"tokenizer.model", "tokenizer.bin", "tokenizer.json", "tokenizer_config.json",
+                                     "special_tokens_map.json", "generation_config.json", "calibration.tok"};
+
+fs::path sidecar_path(const fs::path& dir) {
+  if (fs::exists(dir / "quantization.safetensors.index.json")) return dir / "quantization.safetensors.index.json";
+  return dir / "quantization.safetensors";
+}
+
+}  // namespace
+
+std::string export_refusal(const QuantConfig& q, ExportFormat format) {
+  if (format == ExportFormat::kFakeQuant) return "";
+  if (!q.deployable || q.norm_bias || q.norm_affine) {
+    return "it was calibrated with --faithful and needs runtime transforms (norm shifts/matrices) no engine format "
+           "expresses; calibrate without --faithful";
+  }
+  if (!q.block_overrides.empty()) {
+    return "it has per-block bit overrides (--block-override), which one quantization_config cannot express";
+  }
+  if (format == ExportFormat::kGptq && q.act_bits < 16) {
+    return "GPTQ checkpoints are weight-only and this model quantizes activations to " + std::to_string(q.act_bits) +
+           " bits; export compressed-tensors (W8A8 with --act-sym) or calibrate with --abits 16";
+  }
+  if (format == ExportFormat::kCompressedTensors) {
+    if (q.act_bits == 16 && q.bits != 4 && q.bits != 8) {
+      return "compressed-tensors pack-quantized holds 4- or 8-bit weights (this model has " + std::to_string(q.bits) + ")";
+    }
+    if (q.act_bits < 16) {
+      if (q.act_bits != 8 || q.bits != 8) {
+        return "compressed-tensors int-quantized expresses W8A8 only (this model is W" + std::to_string(q.bits) + "A" +
+               std::to_string(q.act_bits) + ")";
+      }
+      if (!q.act_sym) {
+        return "compressed-tensors reads dynamic per-token activations only as symmetric int8; calibrate with --act-sym";
+      }
+      if (!q.sym || q.group_size != 0) {
+        return "compressed-tensors int-quantized needs symmetric per-channel weights; calibrate with --sym --group-size 0";
+      }
+    }
+  }
+  return "";
+}
+
+namespace {
+
+json gptq_config(const QuantConfig& q, const std::string& fmt) {
+  return {{"quant_method", "gptq"}, {"bits", q.bits}, {"group_size", q.group_size > 0 ? q.group_size : -1},
+          {"desc_act", false}, {"sym", q.sym}, {"damp_percent", 0.01}, {"true_sequential", true},
+          {"static_groups", false}, {"lm_head", false}, {"checkpoint_format", fmt}, {"format", fmt},
+          {"pack_dtype", "int32"}, {"meta", {{"quantizer", {std::string("qforge:") + QFORGE_VERSION}}}}};
+}
+
+json ct_config(const QuantConfig& q, bool int_quantized) {
+  json weights = {{"num_bits", q.bits}, {"type", "int"}, {"symmetric", q.sym},
+                  {"strategy", q.group_size > 0 ? "group" : "channel"},
+                  {"group_size", q.group_size > 0 ? json(q.group_size) : json(nullptr)}, {"dynamic", false},
+                  {"actorder", nullptr}, {"block_structure", nullptr}, {"observer", "minmax"},
+                  {"observer_kwargs", json::object()}};
+  json acts = nullptr;
+  if (int_quantized) {
+    acts = {{"num_bits", 8}, {"type", "int"}, {"symmetric", true}, {"strategy", "token"}, {"dynamic", true},
+            {"observer", nullptr}};
+  }
+  return {{"quant_method", "compressed-tensors"},
+          {"format", int_quantized ? "int-quantized" : "pack-quantized"},
+          {"quantization_status", "compressed"},
+          {"version", "0.9.0"},
+          {"config_groups", {{"group_0", {{"targets", {"Linear"}}, {"weights", weights}, {"input_activations", acts},
+                                          {"output_activations", nullptr}}}}},
+          {"ignore", {"lm_head"}},
+          {"kv_cache_scheme", nullptr},
+          {"sparsity_config", json::object()},
+          {"transform_config", json::object()},
+          {"global_compression_ratio", nullptr}};
+}
+
+}  // namespace
+
+ExportFormat parse_export_format(const std::string& name) {
+  if (name == "gptq") return ExportFormat::kGptq;
+  if (name == "compressed-tensors") return ExportFormat::kCompressedTensors;
+  if (name == "fake-quant") return ExportFormat::kFakeQuant;
+  throw InputError("--format", "", "'" + name + "' is not gptq, compressed-tensors or fake-quant");
+}
+
+ExportResult export_checkpoint(const ExportOptions& o) {
+  const LlamaConfig cfg = read_llama_config(o.model);
+  const std::string where = (o.model / "config.json").string();
+  if (!cfg.quant || !cfg.quant->format.empty()) {
+    throw InputError(where, "quantization_config", "not a qforge quantized folder (run qforge quantize first)");
+  }
+  const QuantConfig& q = *cfg.quant;
+  if (fs::exists(o.out) && fs::equivalent(o.out, o.model)) throw InputError("--out", "", "must differ from --model");
+  if (o.format != ExportFormat::kFakeQuant) {
+    const std::string why = export_refusal(q, o.format);
+    if (!why.empty()) throw InputError(where, "quantization_config", "cannot export: " + why);
+  }
+  const CheckpointReader model(o.model);
+  ExportResult result;
+  json out_quant;
+  std::vector<TensorSpec> specs;
+  std::map<std::string, std::function<at::Tensor()>> producers;
+  auto copy = [&](const std::string& name) {
+    const auto& info = model.info(name);
+    specs.push_back({name, info.dtype, info.shape});
+    producers[name] = [&model, name] { return model.load(name); };
+  };
+
+  if (o.format == ExportFormat::kFakeQuant) {
+    for (const auto& name : model.names()) copy(name);
+    result.checkpoint_format = "fake-quant";
+  } else {
+    const fs::path side_path = sidecar_path(o.model);
+    if (!fs::exists(side_path)) throw InputError(side_path.string(), "", "the sidecar of integer codes is missing");
+    auto side = std::make_shared<CheckpointReader>(side_path);
+    std::set<std::string> linears;
+    for (const auto& n : side->names()) {
+      if (ends_with(n, ".codes")) linears.insert(strip(n, ".codes"));
+    }
+    const bool gptq = o.format == ExportFormat::kGptq;
+    const bool int_quantized = !gptq && q.act_bits < 16;
+    bool v2 = false;
+    if (gptq && !q.sym) {
+      for (const auto& l : linears) v2 = v2 || !gptq_v1_can_store(side->load(l + ".zeros"));
+    }
+    result.checkpoint_format = gptq ? (v2 ? "gptq_v2" : "gptq") : (int_quantized ? "int-quantized" : "pack-quantized");
+    if (v2) {
+      result.notes.push_back("some asymmetric zero points are 0, which GPTQ v1 (zero - 1) cannot store: wrote "
+                             "checkpoint_format gptq_v2, read by GPTQModel and by vLLM's gptq method (PR #26092 and "
+                             "later), not by AutoGPTQ, exllama or Marlin");
+    }
+    out_quant = gptq ? gptq_config(q, result.checkpoint_format) : ct_config(q, int_quantized);
+    // Packs one linear at a time; the writer asks for its tensors consecutively.
+    struct Cache {
+      std::string linear;
+      std::map<std::string, at::Tensor> tensors;
+    };
+    auto cache = std::make_shared<Cache>();
+    const int bits = q.bits;
+    const std::int64_t gs = q.group_size;
+    const bool sym = q.sym;
+    auto packed = [cache, side, bits, gs, sym, gptq, int_quantized, v2](const std::string& linear) -> std::map<std::string, at::Tensor>& {
+      if (cache->linear == linear) return cache->tensors;
+      QuantizedLinearData d{side->load(linear + ".codes"), side->load(linear + ".scales"), side->load(linear + ".zeros")};
+      std::map<std::string, at::Tensor> t;
+      if (gptq) {
+        GptqTensors g = pack_gptq(d, bits, gs, v2, linear);
+        t = {{"qweight", g.qweight}, {"qzeros", g.qzeros}, {"scales", g.scales}, {"g_idx", g.g_idx}};
+      } else if (int_quantized) {
+        auto [w, s] = pack_int8_channel(d, linear);
+        t = {{"weight", w}, {"weight_scale", s}};
+      } else {
+        CompressedTensorsPacked c = pack_compressed_tensors(d, bits, sym, linear);
+        t = {{"weight_packed", c.weight_packed}, {"weight_scale", c.weight_scale}, {"weight_shape", c.weight_shape}};
+        if (c.weight_zero_point.defined()) t["weight_zero_point"] = c.weight_zero_point;
+      }
+      cache->linear = linear;
+      cache->tensors = std::move(t);
+      return cache->tensors;
+    };
+    for (const auto& name : model.names()) {
+      if (!ends_with(name, ".weight") || !linears.count(strip(name, ".weight"))) {
+        copy(name);
+        continue;
+      }
+      const std::string linear = strip(name, ".weight");
+      // Shapes come from packing this linear now (headers are written before any data); only the
+      // small result is kept, and the cache makes the later data request free.
+      for (const auto& [suffix, t] : packed(linear)) {
+        specs.push_back({linear + "." + suffix, from_scalar_type(t.scalar_type()), t.sizes().vec()});
+        producers[linear + "." + suffix] = [packed, linear, suffix = suffix] { return packed(linear).at(suffix); };
+      }
+    }
+  }
+  fs::create_directories(o.out);
+  CheckpointWriter writer(o.out, specs, o.shard_bytes);
+  writer.write([&](const TensorSpec& spec) { return producers.at(spec.name)(); });
+
+  // config.json: the input's, with the format's quantization_config (fake-quant keeps qforge's).
+  json config = json::parse(read_file(o.model / "config.json"));
+  if (o.format != ExportFormat::kFakeQuant) {
+    config["quantization_config"] = out_quant;
+    config["quantization_config"]["qforge"] = {{"method", q.method}, {"calibration", q.calibration}};
+    if (o.format == ExportFormat::kGptq) write_file_atomic(o.out / "quantize_config.json", out_quant.dump(2) + "\n");
+  } else {
+    config["quantization_config"].erase("sidecar");
+  }
+  write_file_atomic(o.out / "config.json", config.dump(2) + "\n");
+  for (const char* f : kCarriedFiles) {
+    if (fs::exists(o.model / f)) write_file_atomic(o.out / f, read_file(o.model / f));
+  }
+  // Stale shards of another layout from an earlier export into the same folder would shadow the new ones.
+  std::set<std::string> written;
+  for (const auto& f : writer.file_names()) written.insert(f);
+  static const std::regex ours(R"(^(model|quantization)(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$)");
+  for (const auto& entry : fs::directory_iterator(o.out)) {
+    const std::string name = entry.path().filename().string();
+    if (std::regex_match(name, ours) && !written.count(name)) fs::remove(entry.path());
+  }
+  fsync_directory(o.out);
+  return result;
+}
+
+void install_dequantizing_view(CheckpointReader& ckpt, const LlamaConfig& config) {
+  if (!config.quant || config.quant->format.empty()) return;
+  const QuantConfig q = *config.quant;
+  const std::string fmt = q.format;
+  std::vector<std::string> linears;
+  const std::string key = fmt.rfind("gptq", 0) == 0 ? ".qweight" : fmt == "pack-quantized" ? ".weight_packed" : ".weight_scale";
+  for (const auto& n : ckpt.names()) {
+    if (ends_with(n, key)) linears.push_back(strip(n, key));
+  }
+  const CheckpointReader* r = &ckpt;
+  for (const auto& l : linears) {
+    TensorInfo info;
+    info.name = l + ".weight";
+    info.dtype = DType::kF32;
+    std::vector<std::string> replaces;
+    std::function<at::Tensor()> make;
+    if (fmt.rfind("gptq", 0) == 0) {
+      const auto& qw = ckpt.info(l + ".qweight");
+      info.shape = {qw.shape[1], ckpt.info(l + ".g_idx").shape[0]};
+      replaces = {l + ".qweight", l + ".qzeros", l + ".scales", l + ".g_idx"};
+      const bool v2 = fmt == "gptq_v2";
+      make = [r, l, q, v2] {
+        GptqTensors t{r->load_stored(l + ".qweight"), r->load_stored(l + ".qzeros"), r->load_stored(l + ".scales"),
+                      r->load_stored(l + ".g_idx")};
+        return dequantize_linear(unpack_gptq(t, q.bits, q.group_size, v2), q.group_size);
+      };
+    } else if (fmt == "pack-quantized") {
+      at::Tensor shape = ckpt.load(l + ".weight_shape");
+      info.shape = {shape[0].item<std::int64_t>(), shape[1].item<std::int64_t>()};
+      replaces = {l + ".weight_packed", l + ".weight_scale", l + ".weight_shape"};
+      if (ckpt.contains(l + ".weight_zero_point")) replaces.push_back(l + ".weight_zero_point");
+      const bool has_zp = replaces.size() == 4;
+      make = [r, l, q, has_zp] {
+        CompressedTensorsPacked t{r->load_stored(l + ".weight_packed"), r->load_stored(l + ".weight_scale"),
+                                  has_zp ? r->load_stored(l + ".weight_zero_point") : at::Tensor(),
+                                  r->load_stored(l + ".weight_shape")};
+        return dequantize_linear(unpack_compressed_tensors(t, q.bits, q.group_size, !has_zp), q.group_size);
+      };
+    } else {  // int-quantized: int8 weight and per-channel scale
+      info.shape = ckpt.info(l + ".weight").shape;
+      replaces = {l + ".weight", l + ".weight_scale"};
+      make = [r, l] {
+        at::Tensor w = r->load_stored(l + ".weight").to(at::kFloat);
+        return r->load_stored(l + ".weight_scale").to(at::kFloat) * w;
+      };
+    }
+    info.end = static_cast<std::uint64_t>(info.shape[0] * info.shape[1]) * 4;
+    ckpt.add_derived(info, make, replaces);
+  }
+}
+
+}  // namespace qforge::storage
