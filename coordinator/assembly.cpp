@@ -4,7 +4,6 @@
 
 #include <functional>
 #include <memory>
-#include <regex>
 #include <set>
 
 #include "common/error.h"
@@ -13,6 +12,7 @@
 #include "common/log.h"
 #include "common/sha256.h"
 #include "partition/model_index.h"
+#include "storage/quant_config.h"
 #include "storage/safetensors.h"
 #include "storage/tokenizer.h"
 
@@ -23,15 +23,11 @@ using nlohmann::json;
 
 namespace {
 
-// Files of the input folder carried over to the output unchanged.
-const char* const kCarriedFiles[] = {"tokenizer.model", "tokenizer.bin", "tokenizer.json", "tokenizer_config.json",
-                                     "special_tokens_map.json", "generation_config.json"};
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-bool is_sidecar(const std::string& name) { return ends_with(name, ".codes") || ends_with(name, ".scales") || ends_with(name, ".zeros"); }
 
 }  // namespace
 
@@ -102,26 +98,17 @@ void assemble_checkpoint(const AssemblySpec& a, const JobState& state) {
   std::vector<storage::TensorSpec> side_specs;
   for (const auto& f : shards) {
     for (const auto& t : f->tensors()) {
-      if (is_sidecar(t.name)) side_specs.push_back({t.name, t.dtype, t.shape});
+      if (storage::is_sidecar_tensor(t.name)) side_specs.push_back({t.name, t.dtype, t.shape});
     }
   }
   storage::CheckpointWriter side_writer(a.out, side_specs, a.shard_bytes, a.sidecar_metadata, "quantization");
   side_writer.write([&](const storage::TensorSpec& spec) { return owner.at(spec.name)->load(spec.name); });
-  // A previous run into the same folder may have left shards of another layout; they would shadow or
-  // contradict the new files, so those (and only those) are removed.
-  std::set<std::string> written;
-  for (const auto& f : model_writer.file_names()) written.insert(f);
-  for (const auto& f : side_writer.file_names()) written.insert(f);
-  static const std::regex ours(R"(^(model|quantization)(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$)");
-  for (const auto& entry : fs::directory_iterator(a.out)) {
-    const std::string name = entry.path().filename().string();
-    if (std::regex_match(name, ours) && !written.count(name)) fs::remove(entry.path());
-  }
+  std::vector<std::string> written = model_writer.file_names();
+  for (const auto& f : side_writer.file_names()) written.push_back(f);
+  storage::remove_stale_shards(a.out, written);
 
   storage::write_llama_config(a.out, cfg);
-  for (const char* f : kCarriedFiles) {
-    if (fs::exists(a.model / f)) write_file_atomic(a.out / f, read_file(a.model / f));
-  }
+  storage::copy_model_side_files(a.model, a.out);
   if (!a.tokenizer.empty() && storage::find_model_tokenizer(a.out).empty()) {
     const std::string name = storage::load_tokenizer(a.tokenizer)->kind() == "sentencepiece" ? "tokenizer.model" : "tokenizer.bin";
     write_file_atomic(a.out / name, read_file(a.tokenizer));

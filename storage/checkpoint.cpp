@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <limits>
+#include <regex>
 #include <set>
 
 #include "common/error.h"
@@ -340,6 +341,28 @@ std::uint64_t CheckpointReader::total_bytes() const {
 const std::map<std::string, std::string>& CheckpointReader::metadata() const {
   static const std::map<std::string, std::string> kEmpty;
   return shards_.empty() ? kEmpty : shards_.front()->metadata();
+}
+
+}  // namespace qforge::storage
+
+namespace qforge::storage {
+
+void remove_stale_shards(const fs::path& dir, const std::vector<std::string>& written) {
+  static const std::regex ours(R"(^(model|quantization)(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$)");
+  const std::set<std::string> keep(written.begin(), written.end());
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (std::regex_match(name, ours) && !keep.count(name)) fs::remove(entry.path());
+  }
+}
+
+void copy_model_side_files(const fs::path& from, const fs::path& to, const std::vector<std::string>& extra) {
+  std::vector<std::string> files = {"tokenizer.model", "tokenizer.bin", "tokenizer.json", "tokenizer_config.json",
+                                    "special_tokens_map.json", "generation_config.json"};
+  files.insert(files.end(), extra.begin(), extra.end());
+  for (const auto& f : files) {
+    if (fs::exists(from / f)) write_file_atomic(to / f, read_file(from / f));
+  }
 }
 
 }  // namespace qforge::storage

@@ -5,7 +5,6 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <set>
 
 #include "common/error.h"
@@ -25,8 +24,6 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 std::string strip(const std::string& s, const std::string& suffix) { return s.substr(0, s.size() - suffix.size()); }
 
-const char* const kCarriedFiles[] = {"tokenizer.model", "tokenizer.bin", "tokenizer.json", "tokenizer_config.json",
-                                     "special_tokens_map.json", "generation_config.json", "calibration.tok"};
 
 fs::path sidecar_path(const fs::path& dir) {
   if (fs::exists(dir / "quantization.safetensors.index.json")) return dir / "quantization.safetensors.index.json";
@@ -213,17 +210,8 @@ ExportResult export_checkpoint(const ExportOptions& o) {
     config["quantization_config"].erase("sidecar");
   }
   write_file_atomic(o.out / "config.json", config.dump(2) + "\n");
-  for (const char* f : kCarriedFiles) {
-    if (fs::exists(o.model / f)) write_file_atomic(o.out / f, read_file(o.model / f));
-  }
-  // Stale shards of another layout from an earlier export into the same folder would shadow the new ones.
-  std::set<std::string> written;
-  for (const auto& f : writer.file_names()) written.insert(f);
-  static const std::regex ours(R"(^(model|quantization)(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$)");
-  for (const auto& entry : fs::directory_iterator(o.out)) {
-    const std::string name = entry.path().filename().string();
-    if (std::regex_match(name, ours) && !written.count(name)) fs::remove(entry.path());
-  }
+  copy_model_side_files(o.model, o.out, {"calibration.tok"});
+  remove_stale_shards(o.out, writer.file_names());
   fsync_directory(o.out);
   return result;
 }

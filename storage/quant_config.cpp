@@ -6,6 +6,14 @@ namespace qforge::storage {
 
 using nlohmann::json;
 
+bool is_sidecar_tensor(const std::string& name) {
+  for (const char* suffix : {".codes", ".scales", ".zeros"}) {
+    const std::string s(suffix);
+    if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) return true;
+  }
+  return false;
+}
+
 int QuantConfig::weight_bits(int block) const {
   auto it = block_overrides.find(block);
   return it != block_overrides.end() && it->second.bits ? it->second.bits : bits;

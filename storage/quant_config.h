@@ -46,6 +46,9 @@ struct QuantConfig {
   int activation_bits(int block) const;
 };
 
+// The sidecar's tensors: "<linear>.codes", ".scales", ".zeros".
+bool is_sidecar_tensor(const std::string& name);
+
 // Parses the object under "quantization_config" (InputError naming `where` and the field): qforge's
 // own, and the GPTQ and compressed-tensors configs qforge exports (method "gptq" or
 // "compressed-tensors", `format` set), so `qforge eval` can check an exported folder.

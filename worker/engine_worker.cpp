@@ -52,14 +52,6 @@ std::vector<std::pair<std::string, at::Tensor>> block_result_tensors(int b, cons
   return out;
 }
 
-bool is_sidecar_tensor(const std::string& name) {
-  auto ends = [&](const char* s) {
-    const std::string suf(s);
-    return name.size() > suf.size() && name.compare(name.size() - suf.size(), suf.size(), suf) == 0;
-  };
-  return ends(".codes") || ends(".scales") || ends(".zeros");
-}
-
 namespace {
 
 // Sends HEARTBEAT{rank, unit, phase} every interval from its own thread, so a long training step (or

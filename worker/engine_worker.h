@@ -51,7 +51,5 @@ WorkerExit run_worker(const EngineSettings& settings, const MpiComm& control, co
 // The tensors of block `block` of a calibration result as they are named in a checkpoint: the folded
 // fake-quant weights, norms and biases, then per linear "<name>.codes" U8, ".scales" F16, ".zeros" I32.
 std::vector<std::pair<std::string, at::Tensor>> block_result_tensors(int block, const BlockResult& r);
-// True for the sidecar tensors among those (codes, scales, zeros).
-bool is_sidecar_tensor(const std::string& name);
 
 }  // namespace qforge::worker

@@ -98,7 +98,9 @@ TEST_F(Export, AsymmetricAndW8A8PickTheFormatVariantTheirNumbersNeed) {
   }
   const json gc = json::parse(read_file(dir / "asym-gptq/config.json"))["quantization_config"];
   EXPECT_EQ(gc["checkpoint_format"], any_zero ? "gptq_v2" : "gptq");
-  if (any_zero) EXPECT_NE(g.output.find("gptq_v2"), std::string::npos) << g.output;
+  if (any_zero) {
+    EXPECT_NE(g.output.find("gptq_v2"), std::string::npos) << g.output;
+  }
   expect_same_weights(asym, dir / "asym-gptq");
   ASSERT_EQ(qf("export --format compressed-tensors --model " + shell_quote(asym.string()) + " --out " + shell_quote((dir / "asym-ct").string())).exit_code, 0);
   expect_same_weights(asym, dir / "asym-ct");
