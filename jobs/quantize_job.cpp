@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "common/fault.h"
 #include "common/file_util.h"
+#include "common/launcher.h"
 #include "common/log.h"
 #include "common/mpi_comm.h"
 #include "common/sha256.h"
@@ -300,7 +301,10 @@ int run_quantize_job(const QuantizeSpec& s) {
     QF_LOG(Info) << "quantize " << s.model.string() << " -> " << s.out.string() << ": " << worker::method_name(s.method)
                  << " W" << s.wbits << "A" << s.abits << (s.group_size ? " g" + std::to_string(s.group_size) : "")
                  << (s.faithful ? " faithful" : " deployable") << "; recipe " << s.recipe.describe();
-    QF_LOG(Info) << "job " << jd.root().string() << ": " << ranks << " rank" << (ranks > 1 ? "s" : "") << ", "
+    const LauncherInfo launcher = detect_launcher();
+    QF_LOG(Info) << "job " << jd.root().string() << ": " << ranks << " rank" << (ranks > 1 ? "s" : "") << " ("
+                 << launcher_name(launcher.kind)
+                 << (launcher.slurm_job_id.empty() ? "" : ", Slurm job " + launcher.slurm_job_id) << "), "
                  << s.mode << " mode, " << ranks / team_size << " team(s) of " << team_size << ", "
                  << prep.at("threads").get<int>() << " compute thread(s) per rank";
   }
