@@ -145,6 +145,23 @@ TEST_F(Export, ModelsTheFormatsCannotExpressAreRefusedWithTheReason) {
   EXPECT_NE(s.output.find("mlp."), std::string::npos) << s.output;
 }
 
+TEST_F(Export, ThreeBitGptqFromAFinishedJobDirectory) {
+  QF_REQUIRE_DATA(model / "model.safetensors");
+  const fs::path q = dir / "w3", job = dir / "w3-job";
+  ASSERT_EQ(qf("quantize --method rtn --wbits 3 --group-size 128 --sym --model " + shell_quote(model.string()) + " --out " +
+               shell_quote(q.string()) + " --job-dir " + shell_quote(job.string())).exit_code, 0);
+  auto r = qf("export --format gptq --job-dir " + shell_quote(job.string()) + " --out " + shell_quote((dir / "w3-gptq").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  storage::CheckpointReader raw(dir / "w3-gptq");
+  // 3 bits: 32 input rows in 3 words; 32 output columns of zeros in 3 words.
+  EXPECT_EQ(raw.info("model.layers.0.mlp.up_proj.qweight").shape, (std::vector<std::int64_t>{256 * 3 / 32, 768}));
+  EXPECT_EQ(raw.info("model.layers.0.mlp.up_proj.qzeros").shape, (std::vector<std::int64_t>{2, 768 * 3 / 32}));
+  expect_same_weights(q, dir / "w3-gptq");
+  // A job that has not finished cannot be exported.
+  write_file_atomic(job / "journal.log", "");
+  EXPECT_EQ(qf("export --format gptq --job-dir " + shell_quote(job.string()) + " --out " + shell_quote((dir / "no").string())).exit_code, 2);
+}
+
 TEST_F(Export, SevenBShapedBlockRoundTripsBitExactly) {
   const fs::path syn = dir / "syn7b";
   ASSERT_EQ(qf("make-synthetic --shape 7b --blocks 1 --out " + shell_quote(syn.string())).exit_code, 0);
