@@ -7,6 +7,7 @@
 #include <set>
 
 #include "common/error.h"
+#include "common/strings.h"
 #include "common/fault.h"
 #include "common/file_util.h"
 #include "common/log.h"
@@ -23,10 +24,6 @@ using nlohmann::json;
 
 namespace {
 
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "common/protocol.h"
 #include "coordinator/progress.h"
+#include "partition/sample_split.h"
 
 namespace qforge::coordinator {
 
@@ -113,13 +114,13 @@ struct Coordinator::Impl {
       run.task.kind = "fp_pass";
       run.task.attempt = attempt;
       for (int r = 0; r < s.ranks; ++r) {
-        if (!partition_share(missing, r).empty()) run.task.team_ranks.push_back(r);
+        if (!partition::even_share(missing, s.ranks, r).empty()) run.task.team_ranks.push_back(r);
       }
       record({{"type", "unit_assigned"}, {"unit", -1}, {"kind", "fp_pass"}, {"attempt", attempt},
               {"ranks", run.task.team_ranks}, {"samples", missing.size()}});
       for (int r : run.task.team_ranks) {
         protocol::Task t = run.task;
-        t.samples = partition_share(missing, r);
+        t.samples = partition::even_share(missing, s.ranks, r);
         control.send(r, protocol::kTagToWorker, protocol::encode(t));
       }
       for (int t = 0; t < teams; ++t) busy_teams.insert(t);
@@ -147,13 +148,6 @@ struct Coordinator::Impl {
     busy_teams.insert(a.team);
     QF_LOG(Debug) << unit_label(u) << " -> team " << a.team;
     running[u] = Running{t, a.team, {}};
-  }
-
-  std::vector<std::int64_t> partition_share(const std::vector<std::int64_t>& ids, int r) const {
-    const std::size_t n = ids.size(), k = static_cast<std::size_t>(s.ranks), i = static_cast<std::size_t>(r);
-    const std::size_t base = n / k, extra = n % k;
-    const std::size_t start = i * base + std::min(i, extra), len = base + (i < extra ? 1 : 0);
-    return {ids.begin() + static_cast<std::ptrdiff_t>(start), ids.begin() + static_cast<std::ptrdiff_t>(start + len)};
   }
 
   void on_done(const protocol::Done& d) {

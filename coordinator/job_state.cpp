@@ -21,7 +21,11 @@ void JobState::apply(const json& r) {
     done_[u] = r;
     ++done_counts_[u];
   } else if (type == "fp_slice_done") {
-    for (auto id : r.at("samples")) fp_covered_.insert(id.get<std::int64_t>());
+    for (auto id : r.at("samples")) {
+      const std::int64_t v = id.get<std::int64_t>();
+      QF_CHECK(v >= 0 && v < samples_, "journal names sample " + std::to_string(v) + " outside the calibration set");
+      fp_covered_.insert(v);
+    }
     for (const auto& f : r.at("files")) fp_files_[f.at("boundary").get<int>()].push_back(f.at("file").get<std::string>());
   } else if (type == "unit_failed" || type == "worker_lost" || type == "job_failed") {
     last_error_ = r.value("message", type);

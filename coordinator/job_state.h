@@ -39,7 +39,8 @@ class JobState {
 
   // Independent mode: samples whose FP stream is not yet cached at every boundary.
   std::vector<std::int64_t> fp_missing_samples() const;
-  bool fp_pass_complete() const { return !sequential_ && fp_missing_samples().empty(); }
+  // Asked by the scheduler on every loop turn: a count, not a scan of the samples.
+  bool fp_pass_complete() const { return !sequential_ && static_cast<std::int64_t>(fp_covered_.size()) >= samples_; }
   // Cache files (names under cache/) that hold `stream` at `boundary` (>= 1) for all samples, as the
   // journal says: sequential from unit b-1's done record, independent from the FP pass records.
   std::vector<std::string> boundary_files(int boundary, const std::string& stream) const;

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "common/error.h"
+#include "common/strings.h"
 #include "common/file_util.h"
 #include "common/log.h"
 #include "storage/quant_pack.h"
@@ -17,10 +18,6 @@ namespace qforge::storage {
 using nlohmann::json;
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 std::string strip(const std::string& s, const std::string& suffix) { return s.substr(0, s.size() - suffix.size()); }
 
@@ -188,11 +185,14 @@ ExportResult export_checkpoint(const ExportOptions& o) {
         continue;
       }
       const std::string linear = strip(name, ".weight");
-      // Shapes come from packing this linear now (headers are written before any data); only the
-      // small result is kept, and the cache makes the later data request free.
-      for (const auto& [suffix, t] : packed(linear)) {
-        specs.push_back({linear + "." + suffix, from_scalar_type(t.scalar_type()), t.sizes().vec()});
-        producers[linear + "." + suffix] = [packed, linear, suffix = suffix] { return packed(linear).at(suffix); };
+      // Headers are planned from the shapes alone; each linear is packed once, when the writer asks for
+      // its first tensor (the cache serves the rest).
+      const auto& codes = side->info(linear + ".codes");
+      const PackedFormat pf = gptq ? PackedFormat::kGptq : int_quantized ? PackedFormat::kInt8Channel : PackedFormat::kPackQuantized;
+      for (const auto& t : packed_layout(pf, codes.shape[0], codes.shape[1], side->info(linear + ".scales").shape[1], bits, gs,
+                                         sym, linear)) {
+        specs.push_back({linear + "." + t.suffix, from_scalar_type(t.dtype), t.shape});
+        producers[linear + "." + t.suffix] = [packed, linear, suffix = t.suffix] { return packed(linear).at(suffix); };
       }
     }
   }

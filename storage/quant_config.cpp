@@ -1,17 +1,14 @@
 #include "storage/quant_config.h"
 
 #include "common/error.h"
+#include "common/strings.h"
 
 namespace qforge::storage {
 
 using nlohmann::json;
 
 bool is_sidecar_tensor(const std::string& name) {
-  for (const char* suffix : {".codes", ".scales", ".zeros"}) {
-    const std::string s(suffix);
-    if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) return true;
-  }
-  return false;
+  return ends_with(name, ".codes") || ends_with(name, ".scales") || ends_with(name, ".zeros");
 }
 
 int QuantConfig::weight_bits(int block) const {

@@ -91,6 +91,20 @@ void check_gptq_bits(int bits, const std::string& layer) {
   }
 }
 
+void check_gptq_shape(std::int64_t out, std::int64_t in, std::int64_t group_size, const std::string& layer) {
+  // The packers work in blocks of 32 values (GPTQModel's pack_block asserts both).
+  if (in % 32 != 0) {
+    throw InputError(layer, "in_features", std::to_string(in) + " is not a multiple of 32, GPTQ cannot pack it");
+  }
+  if (out % 32 != 0) {
+    throw InputError(layer, "out_features", std::to_string(out) + " is not a multiple of 32, GPTQ cannot pack it");
+  }
+  if (group_size < 0 || (group_size > 0 && in % group_size != 0)) {
+    throw InputError(layer, "group_size",
+                     std::to_string(group_size) + " does not divide in_features " + std::to_string(in));
+  }
+}
+
 void check_ct_bits(int bits, const std::string& layer) {
   if (bits != 4 && bits != 8) {
     throw InputError(layer, "bits",
@@ -132,17 +146,7 @@ GptqTensors pack_gptq(const QuantizedLinearData& q, int bits, std::int64_t group
   const QuantizedLinearData c = checked(q, bits, layer);
   const std::int64_t out = c.codes.size(0);
   const std::int64_t in = c.codes.size(1);
-  // The packers work in blocks of 32 values (GPTQModel's pack_block asserts both).
-  if (in % 32 != 0) {
-    throw InputError(layer, "in_features", std::to_string(in) + " is not a multiple of 32, GPTQ cannot pack it");
-  }
-  if (out % 32 != 0) {
-    throw InputError(layer, "out_features", std::to_string(out) + " is not a multiple of 32, GPTQ cannot pack it");
-  }
-  if (group_size < 0 || (group_size > 0 && in % group_size != 0)) {
-    throw InputError(layer, "group_size",
-                     std::to_string(group_size) + " does not divide in_features " + std::to_string(in));
-  }
+  check_gptq_shape(out, in, group_size, layer);
   const std::int64_t groups = num_groups(in, group_size);
   if (c.scales.size(1) != groups) {
     throw InputError(layer, "scales", "has " + std::to_string(c.scales.size(1)) + " groups, group size " +
@@ -357,6 +361,35 @@ std::pair<at::Tensor, at::Tensor> pack_int8_channel(const QuantizedLinearData& q
   std::int8_t* dst = weight.data_ptr<std::int8_t>();
   for (std::int64_t i = 0, n = c.codes.numel(); i < n; ++i) dst[i] = static_cast<std::int8_t>(static_cast<int>(src[i]) - 128);
   return {weight, c.scales.clone()};
+}
+
+std::vector<PackedTensor> packed_layout(PackedFormat format, std::int64_t out, std::int64_t in, std::int64_t groups, int bits,
+                                        std::int64_t group_size, bool symmetric, const std::string& layer) {
+  switch (format) {
+    case PackedFormat::kGptq:
+      check_gptq_bits(bits, layer);
+      check_gptq_shape(out, in, group_size, layer);
+      return {{"qweight", at::kInt, {in * bits / 32, out}},
+              {"qzeros", at::kInt, {groups, out * bits / 32}},
+              {"scales", at::kHalf, {groups, out}},
+              {"g_idx", at::kInt, {in}}};
+    case PackedFormat::kPackQuantized: {
+      check_ct_bits(bits, layer);
+      const std::int64_t pf = 32 / bits;
+      std::vector<PackedTensor> t = {{"weight_packed", at::kInt, {out, (in + pf - 1) / pf}},
+                                     {"weight_scale", at::kHalf, {out, groups}},
+                                     {"weight_shape", at::kLong, {2}}};
+      if (!symmetric) t.push_back({"weight_zero_point", at::kInt, {(out + pf - 1) / pf, groups}});
+      return t;
+    }
+    case PackedFormat::kInt8Channel:
+      if (groups != 1) {
+        throw InputError(layer, "scales", "int-quantized W8A8 needs one scale per output channel, got " +
+                                              std::to_string(groups) + " groups");
+      }
+      return {{"weight", at::kChar, {out, in}}, {"weight_scale", at::kHalf, {out, 1}}};
+  }
+  return {};
 }
 
 at::Tensor dequantize_linear(const QuantizedLinearData& q, std::int64_t group_size) {

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace qforge::storage {
 
@@ -63,6 +64,18 @@ QuantizedLinearData unpack_compressed_tensors(const CompressedTensorsPacked& t, 
 // W8A8 int-quantized: weight int8 [out, in] and per-channel scale fp16 [out, 1]; needs bits 8,
 // symmetric zeros (128) and one group per row, InputError naming `layer` otherwise.
 std::pair<at::Tensor, at::Tensor> pack_int8_channel(const QuantizedLinearData& q, const std::string& layer);
+
+// The tensors a pack_* call produces for a linear [out, in] with `groups` scale groups, in the order
+// they are written (suffix after "<linear>."), from the shapes alone: an exporter plans its output
+// files with it before packing anything. Shape problems are refused here exactly as the packers do.
+enum class PackedFormat { kGptq, kPackQuantized, kInt8Channel };
+struct PackedTensor {
+  std::string suffix;
+  c10::ScalarType dtype;
+  std::vector<std::int64_t> shape;
+};
+std::vector<PackedTensor> packed_layout(PackedFormat format, std::int64_t out, std::int64_t in, std::int64_t groups, int bits,
+                                        std::int64_t group_size, bool symmetric, const std::string& layer);
 
 // scale · (code − zero) in fp32 [out, in].
 at::Tensor dequantize_linear(const QuantizedLinearData& q, std::int64_t group_size);

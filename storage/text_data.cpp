@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "common/strings.h"
 #include "common/file_util.h"
 #include "storage/token_file.h"
 
@@ -23,14 +24,6 @@ constexpr FormatName kFormats[] = {
     {DataFormat::kC4, "c4"},
     {DataFormat::kTokens, "tokens"},
 };
-
-bool starts_with(const std::string& s, const std::string& prefix) {
-  return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
-}
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 // Python's str.isspace() for one code point (what str.strip() removes).
 bool is_python_space(std::uint32_t cp) {
