@@ -59,7 +59,8 @@ int main(int argc, char** argv) {
   o.weights.bits = wbits;
   o.acts.bits = abits;
   o.epochs = 20;
-  worker::BlockTrainer trainer(c, fp, stats, o, rope);
+  const std::vector<worker::BlockWeights> unit{fp};
+  worker::UnitTrainer trainer(c, unit, {stats}, {o}, rope);
   trainer.begin_epoch(10);
   trainer.step(x, y, {}, "bench");  // warm-up
 

@@ -7,8 +7,9 @@
 # Environment: SETTINGS ("w4a16g128 w3a16 w2a16g64 w4a4 w6a6"), METHODS ("rtn omniquant affinequant
 # affinequant-faithful"), SEEDS ("2 3"), NSAMPLES (32), SEQLEN (256), EPOCHS (10), JOBS (parallel runs, 2),
 # QFORGE (build/jobs/qforge), TOKENIZER (for models without one in their folder), EXTRA (more quantize
-# flags). Results are appended to OUT_DIR/results.tsv, and runs already there are skipped, so the script
-# can be resumed. The executable is copied first, so rebuilding during a run does not disturb it.
+# flags, e.g. "--joint-topk 0" for block-wise). Results are appended to OUT_DIR/results.tsv, and runs
+# already there are skipped, so the script can be resumed; each run's oscillation.json is kept in
+# OUT_DIR/oscillation/. The executable is copied first, so rebuilding during a run does not disturb it.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 model="${1:-$root/../shared/data/models/ref-6m}"
@@ -52,6 +53,9 @@ run_one() {  # setting method seed
   ppl=$(echo "$j" | grep -o '"ppl":[^,}]*' | cut -d: -f2)
   kl=$(echo "$j" | grep -o '"kl":[^,}]*' | cut -d: -f2)
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$s" "$m" "$seed" "$ppl" "$kl" "$q" >> "$results"
+  # The per-block loss curve (and, with MRECG, the probe and the selected joint units) is kept.
+  mkdir -p "$out/oscillation"
+  [ -f "$dir/oscillation.json" ] && cp "$dir/oscillation.json" "$out/oscillation/$s-$m-$seed.json"
   rm -rf "$dir"
 }
 

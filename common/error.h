@@ -11,7 +11,9 @@
 namespace qforge {
 
 // 3: a worker rank stopped responding (the journal records which; resume with the same command).
-enum ExitCode : int { kExitOk = 0, kExitInternal = 1, kExitBadInput = 2, kExitWorkerLost = 3 };
+// kExitStopped: a stop signal (Slurm's time-limit warning, preemption) ended the job at a checkpoint;
+// rerunning the same command resumes it. The sbatch template requeues on it.
+enum ExitCode : int { kExitOk = 0, kExitInternal = 1, kExitBadInput = 2, kExitWorkerLost = 3, kExitStopped = 4 };
 
 class Error : public std::runtime_error {
  public:

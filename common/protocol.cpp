@@ -19,7 +19,9 @@ std::string wrap(const char* type, json body) {
 json to_json(const Task& t) {
   return {{"kind", t.kind}, {"unit", t.unit}, {"attempt", t.attempt}, {"team_ranks", t.team_ranks},
           {"samples", t.samples}, {"input_boundary", t.input_boundary}, {"x_fp_files", t.x_fp_files},
-          {"x_q_files", t.x_q_files}, {"write_next", t.write_next}, {"last_unit", t.last_unit}};
+          {"x_q_files", t.x_q_files}, {"write_next", t.write_next}, {"last_unit", t.last_unit},
+          {"first_block", t.first_block}, {"num_blocks", t.num_blocks}, {"blocks", t.blocks},
+          {"resume_from", t.resume_from}, {"resume_digest", t.resume_digest}};
 }
 
 Task task_from_json(const json& j) {
@@ -34,6 +36,11 @@ Task task_from_json(const json& j) {
   t.x_q_files = j.at("x_q_files").get<std::vector<std::string>>();
   t.write_next = j.at("write_next").get<bool>();
   t.last_unit = j.at("last_unit").get<bool>();
+  t.first_block = j.at("first_block").get<int>();
+  t.num_blocks = j.at("num_blocks").get<int>();
+  t.blocks = j.at("blocks").get<std::vector<int>>();
+  t.resume_from = j.at("resume_from").get<std::string>();
+  t.resume_digest = j.at("resume_digest").get<std::string>();
   return t;
 }
 
@@ -47,10 +54,13 @@ std::string encode(const Done& m) {
   return wrap("done", {{"rank", m.rank}, {"task", to_json(m.task)}, {"samples", m.samples}, {"files", m.files},
                        {"shard", m.shard}, {"digest", m.digest}, {"report", m.report}, {"peak_rss", m.peak_rss},
                        {"baseline_rss", m.baseline_rss}, {"cache_bytes_written", m.cache_bytes_written},
-                       {"cache_bytes_read", m.cache_bytes_read}, {"seconds", m.seconds}});
+                       {"cache_bytes_read", m.cache_bytes_read}, {"seconds", m.seconds}, {"stopped", m.stopped}});
 }
 std::string encode(const Failed& m) { return wrap("failed", {{"rank", m.rank}, {"task", to_json(m.task)}, {"reason", m.reason}}); }
-std::string encode(const Shutdown& m) { return wrap("shutdown", {{"ok", m.ok}, {"reason", m.reason}, {"abort", m.abort}}); }
+std::string encode(const Shutdown& m) {
+  return wrap("shutdown", {{"ok", m.ok}, {"reason", m.reason}, {"abort", m.abort}, {"exit_code", m.exit_code}});
+}
+std::string encode(const Checkpoint& m) { return wrap("checkpoint", {{"unit", m.unit}, {"attempt", m.attempt}}); }
 
 Message decode(const std::string& bytes, int from_rank) {
   json j;
@@ -105,6 +115,7 @@ Done done_from(const Message& m) {
   d.cache_bytes_written = b.at("cache_bytes_written").get<std::uint64_t>();
   d.cache_bytes_read = b.at("cache_bytes_read").get<std::uint64_t>();
   d.seconds = b.at("seconds").get<double>();
+  d.stopped = b.at("stopped").get<bool>();
   return d;
 }
 Failed failed_from(const Message& m) {
@@ -113,7 +124,12 @@ Failed failed_from(const Message& m) {
 }
 Shutdown shutdown_from(const Message& m) {
   expect(m, "shutdown");
-  return {m.body.at("ok").get<bool>(), m.body.at("reason").get<std::string>(), m.body.at("abort").get<bool>()};
+  return {m.body.at("ok").get<bool>(), m.body.at("reason").get<std::string>(), m.body.at("abort").get<bool>(),
+          m.body.at("exit_code").get<int>()};
+}
+Checkpoint checkpoint_from(const Message& m) {
+  expect(m, "checkpoint");
+  return {m.body.at("unit").get<int>(), m.body.at("attempt").get<std::int64_t>()};
 }
 
 }  // namespace qforge::protocol

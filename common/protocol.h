@@ -9,13 +9,21 @@
 //
 //   1. worker -> coord  HELLO{rank, host, device, memory_bytes, threads}        once, at start
 //   2. coord -> worker  ASSIGN{task}                                            when the worker's team is idle
-//        task "fp_pass": forward the FP model over `samples`, caching every unit boundary's FP stream
-//        task "unit":    calibrate unit `unit` (attempt `attempt`) with the team `team_ranks`
+//        task "fp_pass": forward the FP model over `samples`, caching the FP stream at every block boundary
+//        task "probe":   MRECG module capacity of each of `blocks` on the FP stream of `samples`; one DONE
+//                        per block (task.unit = the block, report = the probe), durable one by one
+//        task "unit":    calibrate unit `unit` = blocks [first_block, first_block + num_blocks) (attempt
+//                        `attempt`) with the team `team_ranks`
 //   3. worker -> coord  HEARTBEAT{rank, unit, phase}      from the worker's heartbeat thread, every
 //                                                         heartbeat interval, whatever the compute thread does
 //   4. worker -> coord  DONE{rank, task, samples, files, shard, digest, report, peak_rss, bytes}
 //                   or  FAILED{rank, task, reason}        once per ASSIGN
-//   5. coord -> all     SHUTDOWN{ok, reason, abort}       after assembly, or when the job must stop
+//   5. coord -> all     SHUTDOWN{ok, reason, abort, exit_code}   after assembly, or when the job must stop
+//
+// Stopping resumably (a stop signal: common/signals.h): coord -> team CHECKPOINT{unit, attempt}; the
+// team agrees on the step to stop after (a vote inside the step's all-reduce), the leader writes the
+// unit's training state, and every member answers DONE{stopped: true, shard: the checkpoint file}.
+// A later ASSIGN of that unit carries resume_from, and training continues bit for bit.
 //
 // The coordinator journals a unit as done only when every team member's DONE has arrived (each member
 // has written its cache slice; the team leader also the unit's result shard). A rank silent for longer
@@ -29,7 +37,7 @@
 
 namespace qforge::protocol {
 
-constexpr int kVersion = 1;
+constexpr int kVersion = 3;
 constexpr int kTagToCoordinator = 101;
 constexpr int kTagToWorker = 102;
 
@@ -42,12 +50,16 @@ struct Hello {
 };
 
 struct Task {
-  std::string kind;                      // "unit" | "fp_pass"
+  std::string kind;                      // "unit" | "fp_pass" | "probe"
   int unit = -1;
+  int first_block = 0, num_blocks = 1;   // unit: its blocks
+  std::vector<int> blocks;               // probe: blocks this rank probes
+  std::string resume_from;               // unit: checkpoint file (under units/) to continue from, if any
+  std::string resume_digest;             // its sha256 as journaled
   std::int64_t attempt = 0;              // unique per assignment; names the cache files it writes
   std::vector<int> team_ranks;           // world ranks of the team, team rank = index
-  std::vector<std::int64_t> samples;     // fp_pass: sample ids this rank forwards
-  int input_boundary = 0;                // unit: boundary whose streams feed the unit
+  std::vector<std::int64_t> samples;     // fp_pass: sample ids this rank forwards; probe: the probe samples
+  int input_boundary = 0;                // unit: boundary (= first block) whose streams feed the unit
   std::vector<std::string> x_fp_files;   // cache files of that boundary (empty for boundary 0: embeddings)
   std::vector<std::string> x_q_files;
   bool write_next = false;               // sequential mode: cache the next boundary's fp and q streams
@@ -72,6 +84,7 @@ struct Done {
   std::uint64_t baseline_rss = 0;        // RSS before the worker loaded anything
   std::uint64_t cache_bytes_written = 0, cache_bytes_read = 0;
   double seconds = 0;
+  bool stopped = false;                  // unit: stopped at a checkpoint (shard/digest name the checkpoint file)
 };
 
 struct Failed {
@@ -86,6 +99,12 @@ struct Shutdown {
   // Rank 0 will MPI_Abort the job (a peer is lost: MPI_Finalize would wait on it forever). Workers then
   // must not enter MPI_Finalize themselves, or they race the abort; they wait to be ended.
   bool abort = false;
+  int exit_code = 0;  // what a worker rank exits with (e.g. kExitStopped after a stop signal)
+};
+
+struct Checkpoint {
+  int unit = -1;
+  std::int64_t attempt = 0;
 };
 
 nlohmann::json to_json(const Task& t);
@@ -97,8 +116,10 @@ std::string encode(const Heartbeat& m);
 std::string encode(const Done& m);
 std::string encode(const Failed& m);
 std::string encode(const Shutdown& m);
+std::string encode(const Checkpoint& m);
 
-// A decoded message: `type` is one of "hello", "assign", "heartbeat", "done", "failed", "shutdown".
+// A decoded message: `type` is one of "hello", "assign", "heartbeat", "done", "failed", "shutdown",
+// "checkpoint".
 struct Message {
   std::string type;
   nlohmann::json body;
@@ -112,5 +133,6 @@ Heartbeat heartbeat_from(const Message& m);
 Done done_from(const Message& m);
 Failed failed_from(const Message& m);
 Shutdown shutdown_from(const Message& m);
+Checkpoint checkpoint_from(const Message& m);
 
 }  // namespace qforge::protocol

@@ -12,6 +12,7 @@
 #include "common/file_util.h"
 #include "common/log.h"
 #include "common/sha256.h"
+#include "coordinator/oscillation.h"
 #include "partition/model_index.h"
 #include "storage/quant_config.h"
 #include "storage/safetensors.h"
@@ -32,8 +33,8 @@ void assemble_checkpoint(const AssemblySpec& a, const JobState& state) {
   // Open and verify every unit shard against the journal before writing anything.
   std::vector<std::unique_ptr<storage::SafetensorsFile>> shards;
   json blocks = json::array();
-  for (std::size_t u = 0; u < a.units.size(); ++u) {
-    const json& rec = state.done_record(static_cast<int>(u));
+  for (int u = 0; u < state.units(); ++u) {
+    const json& rec = state.done_record(u);
     const fs::path path = a.job.units_dir() / rec.at("shard").get<std::string>();
     const std::string digest = sha256_file(path);
     if (digest != rec.at("digest").get<std::string>()) {
@@ -69,7 +70,7 @@ void assemble_checkpoint(const AssemblySpec& a, const JobState& state) {
     producers[name] = [&input, name] { return input.load(name); };
   };
   add_global("model.embed_tokens.weight");
-  for (const auto& [first, count] : a.units) {
+  for (const auto& [first, count] : state.unit_list()) {
     for (int b = first; b < first + count; ++b) {
       for (const auto& [suffix, shape] : partition::expected_block_tensors(cfg)) {
         const std::string name = partition::block_tensor_name(b, suffix);
@@ -117,11 +118,22 @@ void assemble_checkpoint(const AssemblySpec& a, const JobState& state) {
     report["blocks"].back().erase("calibration_mean_nll");
   }
   write_file_atomic(a.out / "calibration_report.json", report.dump(2) + "\n");
+  if (a.copy_calibration_tokens) {
+    // Units that calibrated on data report the oscillation curve (RTN has none).
+    std::map<int, json> done;
+    for (int u = 0; u < state.units(); ++u) done[u] = state.done_record(u);
+    const json osc = oscillation_report(state.probes(), state.selection(), done);
+    const std::string svg = oscillation_svg(osc, "per-block reconstruction loss across depth");
+    for (const fs::path& dir : {a.out, a.job.root()}) {
+      write_file_atomic(dir / "oscillation.json", osc.dump(2) + "\n");
+      write_file_atomic(dir / "oscillation.svg", svg);
+    }
+  }
   if (a.copy_calibration_tokens && fs::exists(a.job.calibration_path())) {
     write_file_atomic(a.out / "calibration.tok", read_file(a.job.calibration_path()));
   }
   fsync_directory(a.out);
-  QF_LOG(Info) << "assembled " << a.out.string() << " from " << a.units.size() << " unit shards";
+  QF_LOG(Info) << "assembled " << a.out.string() << " from " << state.units() << " unit shards";
 }
 
 }  // namespace qforge::coordinator

@@ -2,7 +2,8 @@
 // directory (checked against the digests the journal recorded) and the model's global tensors into a
 // normal sharded HF folder: model*.safetensors (+ index), quantization*.safetensors (the sidecar of
 // integer codes, fp16 scales, int32 zeros), config.json with quantization_config, calibration_report.json,
-// calibration.tok and the tokenizer files. One tensor is in memory at a time. Output files hold no
+// oscillation.json/.svg (coordinator/oscillation.h; also into the job directory), calibration.tok and
+// the tokenizer files. One tensor is in memory at a time. Output files hold no
 // paths, times, job ids or launcher names: equal work gives equal bytes.
 #pragma once
 
@@ -25,7 +26,6 @@ struct AssemblySpec {
   std::filesystem::path out;
   storage::JobDir job;
   storage::LlamaConfig out_config;      // with quant set; norm/bias flags are completed from the shards
-  std::vector<std::pair<int, int>> units;  // unit -> (first block, blocks)
   storage::DType model_dtype = storage::DType::kF32;  // of tensors the transforms add (the model's torch_dtype)
   std::uint64_t shard_bytes = 0;
   std::map<std::string, std::string> sidecar_metadata;

@@ -1,6 +1,7 @@
 #include "coordinator/coordinator.h"
 
 #include <chrono>
+#include <csignal>
 #include <ctime>
 #include <map>
 #include <regex>
@@ -11,7 +12,9 @@
 #include "common/fault.h"
 #include "common/log.h"
 #include "common/protocol.h"
+#include "common/signals.h"
 #include "coordinator/progress.h"
+#include "partition/joint_selection.h"
 #include "partition/sample_split.h"
 
 namespace qforge::coordinator {
@@ -45,19 +48,21 @@ struct Coordinator::Impl {
   storage::Journal& journal;
   JobState state;
   Assemble assemble;
-  std::map<int, Running> running;        // by unit; the FP pass is unit -1
+  std::map<int, Running> running;        // by unit; the FP pass is unit -1, the probes -2
+  std::set<int> probes_pending;          // blocks of the probe assignment in flight
   std::map<int, Clock::time_point> last_heard;
   std::map<int, protocol::Hello> hellos;
   std::map<int, std::string> phase;      // rank -> last heartbeat phase
   std::set<int> busy_teams;
   bool failed = false;
+  bool stopping = false;                 // a stop signal arrived: checkpoint, then end with kExitStopped
   CoordinatorOutcome outcome;
   int teams = 1;
   ProgressMeter meter;
 
   Impl(CoordinatorSettings settings, const MpiComm& c, storage::Journal& j, JobState st, Assemble a)
       : s(std::move(settings)), control(c), journal(j), state(std::move(st)), assemble(std::move(a)),
-        teams(s.ranks / s.team_size), meter("units", static_cast<std::int64_t>(s.units.size()), "") {}
+        teams(s.ranks / s.team_size), meter("units", state.units(), "") {}
 
   void record(json r) {
     r["t"] = unix_time();
@@ -72,8 +77,9 @@ struct Coordinator::Impl {
   }
 
   std::string unit_label(int unit) const {
-    if (unit < 0) return "the FP pass";
-    const auto [first, count] = s.units.at(static_cast<std::size_t>(unit));
+    if (unit == -1) return "the FP pass";
+    if (unit == -2) return "the MRECG probes";
+    const auto [first, count] = state.unit(unit);
     return "unit " + std::to_string(unit) + " (block" + (count > 1 ? "s " : " ") + std::to_string(first) +
            (count > 1 ? "-" + std::to_string(first + count - 1) : "") + ")";
   }
@@ -103,7 +109,7 @@ struct Coordinator::Impl {
     QF_LOG(Error) << message;
     failed = true;
     outcome = {code, must_abort, message};
-    send_all(protocol::encode(protocol::Shutdown{false, message, must_abort}), lost_ranks);
+    send_all(protocol::encode(protocol::Shutdown{false, message, must_abort, code}), lost_ranks);
   }
 
   void dispatch(const Assignment& a) {
@@ -128,18 +134,59 @@ struct Coordinator::Impl {
       running[-1] = std::move(run);
       return;
     }
+    if (a.kind == "probe") {
+      const auto blocks = state.missing_probe_blocks();
+      Running run;
+      run.task.kind = "probe";
+      run.task.attempt = attempt;
+      run.task.samples = state.probe_sample_ids();
+      std::vector<protocol::Task> tasks;
+      for (int r = 0; r < s.ranks; ++r) {
+        protocol::Task t = run.task;
+        for (std::int64_t b : partition::even_share(std::vector<std::int64_t>(blocks.begin(), blocks.end()), s.ranks, r)) {
+          t.blocks.push_back(static_cast<int>(b));
+        }
+        if (t.blocks.empty()) continue;
+        for (int b : t.blocks) {
+          if (b > 0) {
+            for (const auto& f : state.fp_pass_files(b)) t.x_fp_files.push_back(f);
+          }
+        }
+        run.task.team_ranks.push_back(r);
+        tasks.push_back(std::move(t));
+      }
+      record({{"type", "unit_assigned"}, {"unit", -2}, {"kind", "probe"}, {"attempt", attempt},
+              {"ranks", run.task.team_ranks}, {"blocks", blocks}});
+      for (std::size_t i = 0; i < tasks.size(); ++i) {
+        tasks[i].team_ranks = run.task.team_ranks;
+        control.send(run.task.team_ranks[i], protocol::kTagToWorker, protocol::encode(tasks[i]));
+      }
+      probes_pending = std::set<int>(blocks.begin(), blocks.end());
+      for (int t = 0; t < teams; ++t) busy_teams.insert(t);
+      QF_LOG(Info) << "MRECG probes of " << blocks.size() << " blocks on " << run.task.team_ranks.size() << " ranks ("
+                   << run.task.samples.size() << " samples each)";
+      running[-2] = std::move(run);
+      return;
+    }
     const int u = a.unit;
+    const auto [first, count] = state.unit(u);
     protocol::Task t;
     t.kind = "unit";
     t.unit = u;
+    t.first_block = first;
+    t.num_blocks = count;
     t.attempt = attempt;
     t.team_ranks = team_ranks(a.team);
-    t.input_boundary = u;
-    if (s.needs_data && u > 0) {
-      t.x_fp_files = state.boundary_files(u, "fp");
-      t.x_q_files = state.sequential() ? state.boundary_files(u, "q") : t.x_fp_files;
+    t.input_boundary = first;
+    if (const json& ck = state.checkpoint(u); !ck.is_null()) {
+      t.resume_from = ck.at("file").get<std::string>();
+      t.resume_digest = ck.at("digest").get<std::string>();
     }
-    const bool last = u + 1 == static_cast<int>(s.units.size());
+    if (s.needs_data && first > 0) {
+      t.x_fp_files = state.boundary_files(first, "fp");
+      t.x_q_files = state.sequential() ? state.boundary_files(first, "q") : t.x_fp_files;
+    }
+    const bool last = u + 1 == state.units();
     t.write_next = s.needs_data && state.sequential() && !last;
     t.last_unit = s.needs_data && state.sequential() && last;
     record({{"type", "unit_assigned"}, {"unit", u}, {"kind", "unit"}, {"attempt", attempt}, {"team", a.team},
@@ -151,7 +198,7 @@ struct Coordinator::Impl {
   }
 
   void on_done(const protocol::Done& d) {
-    const int u = d.task.kind == "fp_pass" ? -1 : d.task.unit;
+    const int u = d.task.kind == "fp_pass" ? -1 : d.task.kind == "probe" ? -2 : d.task.unit;
     auto it = running.find(u);
     if (it == running.end() || it->second.task.attempt != d.task.attempt) {
       QF_LOG(Warn) << "ignoring a stale DONE from rank " << d.rank << " for " << unit_label(u);
@@ -159,7 +206,7 @@ struct Coordinator::Impl {
     }
     Running& run = it->second;
     run.dones[d.rank] = d;
-    if (u < 0) {
+    if (u == -1) {
       // The FP pass is durable per rank: each slice is journaled as soon as it is cached.
       json files = json::array();
       for (const auto& f : d.files) files.push_back({{"boundary", boundary_of(f)}, {"file", f}});
@@ -173,8 +220,40 @@ struct Coordinator::Impl {
       }
       return;
     }
+    if (u == -2) {
+      // Probes are durable one block at a time.
+      const int b = d.task.unit;
+      if (!probes_pending.erase(b)) return;
+      json rec = d.report;
+      rec["type"] = "probe_done";
+      rec["attempt"] = d.task.attempt;
+      rec["rank"] = d.rank;
+      rec["samples"] = d.samples;
+      rec["seconds"] = d.seconds;
+      rec["peak_rss"] = d.peak_rss;
+      rec["baseline_rss"] = d.baseline_rss;
+      rec["cache_bytes_read"] = d.cache_bytes_read;
+      record(rec);
+      QF_LOG(Info) << "probe of block " << b << ": normalised loss " << rec["capacity_loss"].get<double>();
+      if (probes_pending.empty()) {
+        running.erase(it);
+        busy_teams.clear();
+        if (!s.keep_cache) collect_garbage();
+      }
+      return;
+    }
     if (run.dones.size() < run.task.team_ranks.size()) return;
     const protocol::Done& lead = run.dones.at(run.task.team_ranks.front());
+    if (lead.stopped) {
+      QF_CHECK(!lead.shard.empty() && !lead.digest.empty(), "team leader sent no checkpoint for " + unit_label(u));
+      record({{"type", "unit_checkpoint"}, {"unit", u}, {"attempt", d.task.attempt}, {"file", lead.shard},
+              {"digest", lead.digest}, {"epoch", lead.report.at("epoch")}, {"step", lead.report.at("step")}});
+      QF_LOG(Info) << unit_label(u) << " checkpointed at epoch " << lead.report.at("epoch").get<int>() + 1 << " step "
+                   << lead.report.at("step").get<std::int64_t>() << " (" << lead.shard << ")";
+      busy_teams.erase(run.team);
+      running.erase(it);
+      return;
+    }
     QF_CHECK(!lead.shard.empty() && !lead.digest.empty(), "team leader sent no result shard for " + unit_label(u));
     json ranks = json::array();
     double secs = 0;
@@ -191,9 +270,10 @@ struct Coordinator::Impl {
     fault_point("after_journal");
     std::string losses;
     if (lead.report.contains("final_loss")) {
-      losses = ": block-output MSE " + lead.report["initial_loss"].dump() + " -> " + lead.report["final_loss"].dump();
+      losses = ": unit-output MSE " + lead.report["initial_loss"].dump() + " -> " + lead.report["final_loss"].dump();
     }
     QF_LOG(Info) << unit_label(u) << " done on team " << run.team << " in " << format_duration(secs) << losses;
+    remove_dead_checkpoints(u);
     busy_teams.erase(run.team);
     running.erase(it);
     meter.update(state.done_count());
@@ -225,6 +305,55 @@ struct Coordinator::Impl {
     }
   }
 
+  // Checkpoint files of unit u (all attempts) once it is done, and temporaries of crashed writers.
+  void remove_dead_checkpoints(int only_unit = -1) {
+    if (!fs::exists(s.job.units_dir())) return;
+    static const std::regex ckpt(R"(^unit-(\d{5})\.ckpt-a\d{6}\.safetensors(\.tmp\.\d+)?$)");
+    const std::set<std::string> live = state.live_checkpoint_files();
+    for (const auto& e : fs::directory_iterator(s.job.units_dir())) {
+      const std::string name = e.path().filename().string();
+      std::smatch m;
+      if (!std::regex_match(name, m, ckpt) || live.count(name)) continue;
+      if (only_unit >= 0 && std::stoi(m[1].str()) != only_unit) continue;
+      std::error_code ec;
+      fs::remove(e.path(), ec);
+    }
+  }
+
+  // A stop signal (Slurm's time-limit warning, preemption): no new work; every unit in flight is asked
+  // to checkpoint; FP-pass and probe assignments, durable piece by piece, finish their pieces.
+  void begin_stop(int sig) {
+    stopping = true;
+    const std::string name = sig == SIGUSR1 ? "SIGUSR1" : sig == SIGTERM ? "SIGTERM" : "signal " + std::to_string(sig);
+    record({{"type", "stop_requested"}, {"signal", name}});
+    QF_LOG(Warn) << name << " received: checkpointing " << running.size() << " assignment(s) in flight, then stopping";
+    for (const auto& [u, run] : running) {
+      if (u < 0) continue;
+      for (int r : run.task.team_ranks) control.send(r, protocol::kTagToWorker, protocol::encode(protocol::Checkpoint{u, run.task.attempt}));
+    }
+  }
+
+  // MRECG: the joint units, from the probes' (or the data-free) capacities, journaled once; from
+  // then on the job's units are these.
+  void select_units() {
+    const JointSpec& j = state.joint();
+    const std::vector<double> values = state.selection_values();
+    const partition::JointSelection sel = partition::select_joint_units(values, j.topk, j.max_blocks);
+    json units = json::array();
+    for (const auto& [first, n] : sel.units) units.push_back({first, n});
+    record({{"type", "joint_selection"}, {"capacity", j.data_dependent ? "probe" : "data-free"}, {"values", values},
+            {"differentials", sel.differentials}, {"topk", j.topk}, {"max_blocks", j.max_blocks},
+            {"selected", sel.selected}, {"dropped", sel.dropped}, {"units", units}});
+    std::string joint;
+    for (const auto& [first, n] : sel.units) {
+      if (n > 1) joint += (joint.empty() ? "" : ", ") + std::to_string(first) + "-" + std::to_string(first + n - 1);
+    }
+    QF_LOG(Info) << "MRECG: " << sel.units.size() << " units from " << state.blocks() << " blocks; joint: "
+                 << (joint.empty() ? "none (no positive differential)" : joint);
+    meter = ProgressMeter("units", state.units(), "");
+    if (!s.keep_cache) collect_garbage();
+  }
+
   void handle(int from, const std::string& bytes) {
     last_heard[from] = Clock::now();
     const protocol::Message m = protocol::decode(bytes, from);
@@ -236,7 +365,7 @@ struct Coordinator::Impl {
       on_done(protocol::done_from(m));
     } else if (m.type == "failed") {
       const protocol::Failed f = protocol::failed_from(m);
-      const int u = f.task.kind == "fp_pass" ? -1 : f.task.unit;
+      const int u = f.task.kind == "fp_pass" ? -1 : f.task.kind == "probe" ? -2 : f.task.unit;
       const std::string msg = unit_label(u) + " failed on rank " + std::to_string(f.rank) + ": " + f.reason;
       record({{"type", "unit_failed"}, {"unit", u}, {"attempt", f.task.attempt}, {"rank", f.rank}, {"message", msg}});
       // With peers, some may be inside a collective with the failed rank that can never complete, and
@@ -269,7 +398,7 @@ struct Coordinator::Impl {
     record({{"type", "job_start"}, {"ranks", s.ranks}, {"team_size", s.team_size}, {"teams", teams},
             {"done_units", state.done_count()}});
     if (state.starts() > 1) {
-      QF_LOG(Info) << "resuming: " << state.done_count() << "/" << s.units.size() << " units already done (start "
+      QF_LOG(Info) << "resuming: " << state.done_count() << "/" << state.units() << " units already done (start "
                    << state.starts() << ")";
     }
     const auto t0 = Clock::now();
@@ -281,6 +410,7 @@ struct Coordinator::Impl {
       for (const auto& e : fs::directory_iterator(s.job.units_dir())) {
         if (std::regex_match(e.path().filename().string(), temp)) fs::remove(e.path());
       }
+      remove_dead_checkpoints();
     }
     while (!failed) {
       bool busy = false;
@@ -293,7 +423,18 @@ struct Coordinator::Impl {
       check_stalls();
       if (failed) break;
       if (state.all_units_done() && running.empty()) break;
-      if (static_cast<int>(hellos.size()) == s.ranks) {
+      if (!stopping && !state.all_units_done() && stop_signal() != 0) begin_stop(stop_signal());
+      if (stopping && running.empty()) {
+        const std::string msg = "stopped by a signal with " + std::to_string(state.done_count()) + "/" +
+                                std::to_string(state.units()) + " units done; units in flight are checkpointed, "
+                                "rerun the same command (or let Slurm requeue) to resume";
+        record({{"type", "job_stopped"}, {"message", msg}});
+        QF_LOG(Warn) << msg;
+        outcome = {kExitStopped, false, msg};
+        send_all(protocol::encode(protocol::Shutdown{false, msg, false, kExitStopped}));
+        return outcome;
+      }
+      if (!stopping && static_cast<int>(hellos.size()) == s.ranks) {
         std::vector<int> idle;
         for (int t = 0; t < teams; ++t) {
           if (!busy_teams.count(t)) idle.push_back(t);
@@ -302,7 +443,8 @@ struct Coordinator::Impl {
         for (const auto& [u, run] : running) {
           if (u >= 0) running_units.insert(u);
         }
-        for (const auto& a : schedule(state, running_units, running.count(-1) > 0, idle, teams)) {
+        if (state.needs_selection()) select_units();
+        for (const auto& a : schedule(state, running_units, running.count(-1) + running.count(-2) > 0, idle, teams)) {
           dispatch(a);
           busy = true;
         }

@@ -3,6 +3,7 @@
 //
 //   journal job_start; wait for every rank's HELLO
 //   repeat until every unit is journaled done:
+//     (MRECG: once every block is probed, select the joint units and journal them: select_units)
 //     handle messages: HEARTBEAT (liveness), DONE (a unit is journaled done once all of its team's
 //       DONEs are in, then its dead cache files are removed), FAILED (journaled; the job stops)
 //     stall check: a rank silent for longer than the heartbeat timeout is reported by rank and unit,
@@ -32,7 +33,6 @@ struct CoordinatorSettings {
   int ranks = 1;
   int team_size = 1;          // teams = ranks / team_size; team t = ranks [t·K, (t+1)·K)
   bool needs_data = true;
-  std::vector<std::pair<int, int>> units;  // unit -> (first block, blocks), for messages
   double heartbeat_timeout_s = 60;
   bool keep_cache = false;    // keep dead cache files (debugging, benchmarks)
 };

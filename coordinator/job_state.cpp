@@ -8,7 +8,17 @@ namespace qforge::coordinator {
 
 using nlohmann::json;
 
-JobState::JobState(int units, bool sequential, std::int64_t samples) : units_(units), sequential_(sequential), samples_(samples) {}
+JobState::JobState(int blocks, bool sequential, std::int64_t samples, JointSpec joint)
+    : blocks_(blocks), sequential_(sequential), samples_(samples), joint_(std::move(joint)) {
+  QF_CHECK(!joint_.enabled || joint_.topk > 0, "joint reconstruction needs topk > 0");
+  QF_CHECK(joint_.data_dependent || !joint_.enabled || static_cast<int>(joint_.data_free_capacity.size()) == blocks,
+           "data-free capacities need one value per block");
+  if (joint_.enabled) {
+    units_ready_ = false;
+  } else {
+    for (int b = 0; b < blocks; ++b) units_.emplace_back(b, 1);
+  }
+}
 
 void JobState::apply(const json& r) {
   const std::string type = r.at("type").get<std::string>();
@@ -17,9 +27,14 @@ void JobState::apply(const json& r) {
     ++starts_;
   } else if (type == "unit_done") {
     const int u = r.at("unit").get<int>();
-    QF_CHECK(u >= 0 && u < units_, "journal names unit " + std::to_string(u) + " outside the plan");
+    QF_CHECK(units_ready_ && u >= 0 && u < units(), "journal names unit " + std::to_string(u) + " outside the plan");
     done_[u] = r;
     ++done_counts_[u];
+    checkpoints_.erase(u);
+  } else if (type == "unit_checkpoint") {
+    const int u = r.at("unit").get<int>();
+    QF_CHECK(units_ready_ && u >= 0 && u < units(), "journal names unit " + std::to_string(u) + " outside the plan");
+    if (!done_.count(u)) checkpoints_[u] = r;
   } else if (type == "fp_slice_done") {
     for (auto id : r.at("samples")) {
       const std::int64_t v = id.get<std::int64_t>();
@@ -27,6 +42,22 @@ void JobState::apply(const json& r) {
       fp_covered_.insert(v);
     }
     for (const auto& f : r.at("files")) fp_files_[f.at("boundary").get<int>()].push_back(f.at("file").get<std::string>());
+  } else if (type == "probe_done") {
+    const int b = r.at("block").get<int>();
+    QF_CHECK(b >= 0 && b < blocks_, "journal names probed block " + std::to_string(b) + " outside the model");
+    probes_[b] = r;
+  } else if (type == "joint_selection") {
+    units_.clear();
+    int next = 0;
+    for (const auto& u : r.at("units")) {
+      const int first = u.at(0).get<int>(), n = u.at(1).get<int>();
+      QF_CHECK(first == next && n >= 1, "journal's joint_selection units do not tile the blocks in order");
+      units_.emplace_back(first, n);
+      next = first + n;
+    }
+    QF_CHECK(next == blocks_, "journal's joint_selection units do not cover every block");
+    selection_ = r;
+    units_ready_ = true;
   } else if (type == "unit_failed" || type == "worker_lost" || type == "job_failed") {
     last_error_ = r.value("message", type);
   } else if (type == "job_complete") {
@@ -35,22 +66,72 @@ void JobState::apply(const json& r) {
   // unit_assigned and unknown future types change nothing durable.
 }
 
+const json& JobState::checkpoint(int u) const {
+  static const json none;
+  const auto it = checkpoints_.find(u);
+  return it == checkpoints_.end() ? none : it->second;
+}
+
+std::set<std::string> JobState::live_checkpoint_files() const {
+  std::set<std::string> live;
+  for (const auto& [u, r] : checkpoints_) live.insert(r.at("file").get<std::string>());
+  return live;
+}
+
+std::vector<int> JobState::missing_probe_blocks() const {
+  std::vector<int> missing;
+  if (!joint_.enabled || !joint_.data_dependent || units_ready_) return missing;
+  for (int b = 0; b < blocks_; ++b) {
+    if (!probes_.count(b)) missing.push_back(b);
+  }
+  return missing;
+}
+
+std::vector<double> JobState::selection_values() const {
+  std::vector<double> v;
+  for (int b = 0; b < blocks_; ++b) {
+    if (joint_.data_dependent) {
+      v.push_back(probes_.at(b).at("capacity_loss").get<double>());
+    } else {
+      v.push_back(-joint_.data_free_capacity.at(static_cast<std::size_t>(b)));
+    }
+  }
+  return v;
+}
+
+std::vector<std::int64_t> JobState::probe_sample_ids() const {
+  std::vector<std::int64_t> ids;
+  for (std::int64_t i = 0; i < std::min(joint_.probe_samples, samples_); ++i) ids.push_back(i);
+  return ids;
+}
+
+std::int64_t JobState::fp_needed() const {
+  if (samples_ == 0) return 0;
+  if (!sequential_) return samples_;
+  return missing_probe_blocks().empty() ? 0 : std::min(joint_.probe_samples, samples_);
+}
+
 std::vector<std::int64_t> JobState::fp_missing_samples() const {
   std::vector<std::int64_t> missing;
-  if (sequential_) return missing;
-  for (std::int64_t i = 0; i < samples_; ++i) {
+  for (std::int64_t i = 0; i < fp_needed(); ++i) {
     if (!fp_covered_.count(i)) missing.push_back(i);
   }
   return missing;
 }
 
+std::vector<std::string> JobState::fp_pass_files(int boundary) const {
+  const auto it = fp_files_.find(boundary);
+  return it == fp_files_.end() ? std::vector<std::string>{} : it->second;
+}
+
 std::vector<std::string> JobState::boundary_files(int boundary, const std::string& stream) const {
   QF_CHECK(boundary >= 1, "boundary 0 is the embedding, not cached");
-  if (sequential_) {
-    const auto it = done_.find(boundary - 1);
-    QF_CHECK(it != done_.end(), "boundary " + std::to_string(boundary) + " requested before its unit finished");
+  if (!sequential_) return fp_pass_files(boundary);
+  for (const auto& [u, rec] : done_) {
+    const auto [first, n] = unit(u);
+    if (first + n != boundary) continue;
     std::vector<std::string> out;
-    for (const auto& rk : it->second.at("ranks")) {
+    for (const auto& rk : rec.at("ranks")) {
       for (const auto& f : rk.at("files")) {
         const std::string name = f.get<std::string>();
         if (name.find("-" + stream + "-") != std::string::npos) out.push_back(name);
@@ -58,32 +139,50 @@ std::vector<std::string> JobState::boundary_files(int boundary, const std::strin
     }
     return out;
   }
-  const auto it = fp_files_.find(boundary);
-  return it == fp_files_.end() ? std::vector<std::string>{} : it->second;
+  throw InternalError("boundary " + std::to_string(boundary) + " requested before the unit ending there finished");
 }
 
 std::set<std::string> JobState::live_cache_files() const {
   std::set<std::string> live;
-  if (!sequential_) {
-    if (all_units_done()) return live;
+  if (!units_ready_) {
+    // Probes still read the FP pass at every block boundary.
     for (const auto& [b, files] : fp_files_) live.insert(files.begin(), files.end());
+    return live;
+  }
+  if (!sequential_) {
+    // Only unit inputs are read from now on; boundaries inside joint units and of finished units are dead.
+    for (int u = 0; u < units(); ++u) {
+      if (unit_done(u) || unit(u).first == 0) continue;
+      for (const auto& f : fp_pass_files(unit(u).first)) live.insert(f);
+    }
     return live;
   }
   // Sequential: only the boundary after the last finished unit feeds anything still to run.
   int last = -1;
-  while (last + 1 < units_ && unit_done(last + 1)) ++last;
-  if (last >= 0 && last + 1 < units_) {
+  while (last + 1 < units() && unit_done(last + 1)) ++last;
+  if (last >= 0 && last + 1 < units()) {
+    const auto [first, n] = unit(last);
     for (const char* s : {"fp", "q"}) {
-      for (const auto& f : boundary_files(last + 1, s)) live.insert(f);
+      for (const auto& f : boundary_files(first + n, s)) live.insert(f);
     }
   }
   return live;
 }
 
-std::vector<Assignment> schedule(const JobState& state, const std::set<int>& running_units, bool fp_running,
+std::vector<Assignment> schedule(const JobState& state, const std::set<int>& running_units, bool phase_running,
                                  const std::vector<int>& idle_teams, int teams) {
   std::vector<Assignment> out;
   if (state.all_units_done() || idle_teams.empty()) return out;
+  const bool all_idle = !phase_running && running_units.empty() && static_cast<int>(idle_teams.size()) == teams;
+  if (!state.fp_pass_complete()) {
+    if (all_idle) out.push_back({"fp_pass", -1, -1});
+    return out;
+  }
+  if (!state.missing_probe_blocks().empty()) {
+    if (all_idle) out.push_back({"probe", -1, -1});
+    return out;
+  }
+  if (!state.units_ready()) return out;  // the coordinator selects the joint units first
   if (state.sequential()) {
     if (!running_units.empty()) return out;
     for (int u = 0; u < state.units(); ++u) {
@@ -93,10 +192,6 @@ std::vector<Assignment> schedule(const JobState& state, const std::set<int>& run
       }
       break;
     }
-    return out;
-  }
-  if (!state.fp_pass_complete()) {
-    if (!fp_running && running_units.empty() && static_cast<int>(idle_teams.size()) == teams) out.push_back({"fp_pass", -1, -1});
     return out;
   }
   std::size_t next_team = 0;

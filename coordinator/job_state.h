@@ -2,8 +2,14 @@
 //
 // Every record the coordinator journals is applied here, on replay at start and live during the run,
 // through the same apply(), so a resumed coordinator knows exactly what the crashed one knew durably.
-// Records (storage/FORMAT.md, "Journal"): job_start, unit_assigned, fp_slice_done, unit_done,
-// unit_failed, worker_lost, job_complete.
+// Records (storage/FORMAT.md, "Journal"): job_start, unit_assigned, fp_slice_done, probe_done,
+// joint_selection, unit_checkpoint, unit_done, unit_failed, worker_lost, stop_requested, job_stopped,
+// job_complete.
+//
+// Units: without MRECG they are the blocks, known from the start. With MRECG (JointSpec) they are
+// what the journaled joint_selection record says, and until it exists there are none to run: first
+// the FP pass caches the probe samples' FP stream at every block boundary, then every block is
+// probed (probe_done, one record per block), then the coordinator selects the joint units.
 #pragma once
 
 #include <cstdint>
@@ -15,42 +21,84 @@
 
 namespace qforge::coordinator {
 
+// MRECG joint reconstruction (algorithms.md §4.6), as fixed in the job spec.
+struct JointSpec {
+  bool enabled = false;                 // units come from a journaled joint_selection
+  int topk = 0;                         // differentials to select (> 0 when enabled)
+  int max_blocks = 3;                   // size cap of a joint unit
+  bool data_dependent = true;           // capacities from probes; else `data_free_capacity`
+  std::int64_t probe_samples = 0;       // the first N calibration samples feed the probes
+  std::vector<double> data_free_capacity;  // per block: parameters x bits (data-free ModCap)
+};
+
 class JobState {
  public:
   // `sequential`: units chain through the quantized stream; otherwise (independent) an FP pass over
-  // all samples first caches the FP stream at every unit boundary.
-  JobState(int units, bool sequential, std::int64_t samples);
+  // all samples first caches the FP stream at every block boundary.
+  JobState(int blocks, bool sequential, std::int64_t samples, JointSpec joint = {});
 
   void apply(const nlohmann::json& record);
 
-  int units() const { return units_; }
+  // Units are known (always without MRECG; after joint_selection with it).
+  bool units_ready() const { return units_ready_; }
+  int units() const { return static_cast<int>(units_.size()); }
+  // (first block, number of blocks) of unit u.
+  std::pair<int, int> unit(int u) const { return units_.at(static_cast<std::size_t>(u)); }
+  const std::vector<std::pair<int, int>>& unit_list() const { return units_; }
+  int blocks() const { return blocks_; }
+  const JointSpec& joint() const { return joint_; }
   bool sequential() const { return sequential_; }
+  // MRECG probes: blocks not yet probed (empty when no probes are needed), and per block the value the
+  // selection ranks (probe: normalised loss ℓ_b; data-free: -capacity, so a capacity drop is a rise).
+  std::vector<int> missing_probe_blocks() const;
+  bool needs_selection() const { return joint_.enabled && !units_ready_ && missing_probe_blocks().empty(); }
+  std::vector<double> selection_values() const;
+  const std::map<int, nlohmann::json>& probes() const { return probes_; }
+  const nlohmann::json& selection() const { return selection_; }
+  // The samples whose FP stream the probes read (the first probe_samples ones).
+  std::vector<std::int64_t> probe_sample_ids() const;
   bool unit_done(int u) const { return done_.count(u) > 0; }
   const nlohmann::json& done_record(int u) const { return done_.at(u); }
   int done_count() const { return static_cast<int>(done_.size()); }
-  bool all_units_done() const { return done_count() == units_; }
+  bool all_units_done() const { return units_ready_ && done_count() == units(); }
   bool complete() const { return complete_; }
   // 1 + the largest attempt number ever journaled: attempts (and so cache file names) never repeat.
   std::int64_t next_attempt() const { return max_attempt_ + 1; }
   int starts() const { return starts_; }
   const std::string& last_error() const { return last_error_; }
+  // The latest mid-unit checkpoint of an unfinished unit (a unit_checkpoint record), or null.
+  const nlohmann::json& checkpoint(int u) const;
+  // Checkpoint files (names under units/) that a resume may still need.
+  std::set<std::string> live_checkpoint_files() const;
   // How often each unit was journaled done (a correct run never exceeds 1).
   const std::map<int, int>& done_counts() const { return done_counts_; }
 
-  // Independent mode: samples whose FP stream is not yet cached at every boundary.
+  // Samples the FP pass must still cache at every block boundary: all of them in independent mode,
+  // the probe samples while MRECG probes are pending, none otherwise.
   std::vector<std::int64_t> fp_missing_samples() const;
   // Asked by the scheduler on every loop turn: a count, not a scan of the samples.
-  bool fp_pass_complete() const { return !sequential_ && static_cast<std::int64_t>(fp_covered_.size()) >= samples_; }
-  // Cache files (names under cache/) that hold `stream` at `boundary` (>= 1) for all samples, as the
-  // journal says: sequential from unit b-1's done record, independent from the FP pass records.
+  bool fp_pass_complete() const { return static_cast<std::int64_t>(fp_covered_.size()) >= fp_needed(); }
+  // Cache files (names under cache/) that hold `stream` at block boundary `boundary` (>= 1) for all
+  // samples, as the journal says: sequential from the done record of the unit ending there,
+  // independent from the FP pass records.
   std::vector<std::string> boundary_files(int boundary, const std::string& stream) const;
+  // FP-pass files at `boundary` (>= 1).
+  std::vector<std::string> fp_pass_files(int boundary) const;
   // Cache files the journal still needs (for garbage collection of everything else).
   std::set<std::string> live_cache_files() const;
 
  private:
-  int units_;
+  std::int64_t fp_needed() const;
+
+  int blocks_;
   bool sequential_;
   std::int64_t samples_;
+  JointSpec joint_;
+  std::vector<std::pair<int, int>> units_;
+  bool units_ready_ = true;
+  std::map<int, nlohmann::json> probes_;   // block -> probe_done record
+  nlohmann::json selection_;               // the joint_selection record
+  std::map<int, nlohmann::json> checkpoints_;  // unit -> latest unit_checkpoint (until the unit is done)
   std::map<int, nlohmann::json> done_;
   std::map<int, int> done_counts_;
   std::set<std::int64_t> fp_covered_;
@@ -63,16 +111,18 @@ class JobState {
 
 // What the scheduler may hand out: a task kind for a team (or, for the FP pass, every rank).
 struct Assignment {
-  std::string kind;  // "unit" | "fp_pass"
+  std::string kind;  // "unit" | "fp_pass" | "probe"
   int unit = -1;
   int team = 0;
 };
 
 // The scheduling policy, pure: given the durable state, the units in flight and the idle teams, what
-// to start now. Sequential: the first unfinished unit, once its predecessor is done, on team 0 (there
-// is one team). Independent: first the FP pass (needs every team idle; one assignment means "all
-// ranks"), then unfinished units in order on idle teams, lowest team first.
-std::vector<Assignment> schedule(const JobState& state, const std::set<int>& running_units, bool fp_running,
+// to start now. First the FP pass when one is needed, then the MRECG probes (each needs every team
+// idle; one assignment means "all ranks"); no units until they are selected. Sequential: the first
+// unfinished unit, once its predecessor is done, on team 0 (there is one team). Independent:
+// unfinished units in order on idle teams, lowest team first. `phase_running`: an FP pass or probe
+// assignment is in flight.
+std::vector<Assignment> schedule(const JobState& state, const std::set<int>& running_units, bool phase_running,
                                  const std::vector<int>& idle_teams, int teams);
 
 }  // namespace qforge::coordinator

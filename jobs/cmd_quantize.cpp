@@ -1,16 +1,21 @@
 // qforge quantize: RTN, OmniQuant or AffineQuant block reconstruction, single process.
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <regex>
 
 #include "common/error.h"
 #include "common/log.h"
 #include "jobs/cli.h"
+#include "jobs/cmd_quantize.h"
 #include "jobs/quantize_job.h"
 
 namespace qforge::jobs {
 
 namespace {
+
+// MRECG on by default, with the k = max(1, round(L/8)).
+constexpr const char* kDefaultJointTopk = "auto";
 
 // "B:W" or "B:W:A", e.g. "0:8:8" keeps block 0 at W8A8.
 std::pair<int, storage::BitsOverride> parse_override(const std::string& text) {
@@ -29,9 +34,11 @@ std::pair<int, storage::BitsOverride> parse_override(const std::string& text) {
   return {std::stoi(m[1]), o};
 }
 
-}  // namespace
-
-int run_quantize(const Args& args) {
+// Parse and validation shared by `qforge quantize` and `qforge submit` (which checks the options after
+// its `--` before submitting). nullopt: --help was given and the usage printed (allow_help only; a
+// submitted command has no use for it). apply_common: also apply --threads/--log-level, which only the
+// process that runs the job should take over.
+std::optional<QuantizeSpec> parse_spec(const Args& args, bool allow_help, bool apply_common) {
   po::options_description cli("command-line only");
   add_common_options(cli);
   cli.add_options()("config", po::value<std::string>(), "file of key = value lines with the options below (CLI wins)");
@@ -79,12 +86,27 @@ int run_quantize(const Args& args) {
       ("keep-cache", po::value<bool>()->default_value(false)->implicit_value(true), "keep activation cache files no unit needs any more")
       ("export", po::value<std::string>()->default_value(""), "after success also export: gptq | compressed-tensors | fake-quant")
       ("export-out", po::value<std::string>()->default_value(""), "folder of the export (default <out>-<format>)")
+      ("joint-topk", po::value<std::string>()->default_value(kDefaultJointTopk),
+       "MRECG joint reconstruction: merge the blocks across the K largest module-capacity drops into joint units "
+       "(auto = max(1, round(blocks / 8)); 0 = block-wise)")
+      ("joint-max-blocks", po::value<int>()->default_value(3), "MRECG: most blocks in one joint unit")
+      ("modcap", po::value<std::string>()->default_value("probe"),
+       "MRECG module capacity: probe (each block's normalised reconstruction loss on FP inputs) | data-free "
+       "(parameters x bits; differs only with --block-override)")
+      ("probe-epochs", po::value<int>()->default_value(0), "MRECG probe: training epochs per block (0 = initialisation, forward only)")
+      ("probe-samples", po::value<std::int64_t>()->default_value(16), "MRECG probe: calibration sequences used")
       ("dry-run", po::value<bool>()->default_value(false)->implicit_value(true),
-       "print the plan (units, memory per rank, cache disk, tensor coverage) and exit");
+       "print the plan (units, memory per rank, cache disk, tensor coverage; with MRECG the probes, differentials "
+       "and joint units) and exit");
   po::options_description all;
   all.add(cli).add(job);
   po::variables_map vm;
-  if (!parse_args(args, "quantize", "--model DIR --out DIR [--method M --wbits N --abits N ...]", all, vm)) return 0;
+  if (!allow_help) {
+    for (const auto& a : args) {
+      if (a == "--help" || a == "-h") throw InputError(a, "", "not valid here (see qforge quantize --help)");
+    }
+  }
+  if (!parse_args(args, "quantize", "--model DIR --out DIR [--method M --wbits N --abits N ...]", all, vm)) return std::nullopt;
   if (vm.count("config")) {
     const std::string path = vm["config"].as<std::string>();
     std::ifstream in(path);
@@ -96,7 +118,7 @@ int run_quantize(const Args& args) {
     }
     po::notify(vm);
   }
-  apply_common_options(vm);
+  if (apply_common) apply_common_options(vm);
   if (!vm.count("model")) throw InputError("--model", "", "required");
   if (!vm.count("out")) throw InputError("--out", "", "required");
 
@@ -165,10 +187,43 @@ int run_quantize(const Args& args) {
   s.export_format = vm["export"].as<std::string>();
   s.export_out = vm["export-out"].as<std::string>();
   if (!s.export_format.empty() && s.export_out.empty()) s.export_out = s.out.string() + "-" + s.export_format;
+  const std::string topk = vm["joint-topk"].as<std::string>();
+  if (topk == "auto") {
+    s.joint_topk = -1;
+  } else {
+    try {
+      std::size_t used = 0;
+      s.joint_topk = std::stoi(topk, &used);
+      if (used != topk.size() || s.joint_topk < 0) throw std::invalid_argument(topk);
+    } catch (const std::exception&) {
+      throw InputError("--joint-topk", "", "'" + topk + "' is not auto or a count >= 0");
+    }
+  }
+  s.joint_max_blocks = vm["joint-max-blocks"].as<int>();
+  if (s.joint_max_blocks < 1) throw InputError("--joint-max-blocks", "", "must be >= 1");
+  s.modcap = vm["modcap"].as<std::string>();
+  if (s.modcap != "probe" && s.modcap != "data-free") throw InputError("--modcap", "", "must be probe or data-free");
+  s.probe_epochs = vm["probe-epochs"].as<int>();
+  if (s.probe_epochs < 0) throw InputError("--probe-epochs", "", "must be >= 0");
+  s.probe_samples = vm["probe-samples"].as<std::int64_t>();
+  if (s.probe_samples < 1) throw InputError("--probe-samples", "", "must be >= 1");
+  if (s.method == worker::Method::kRtn && s.joint_topk > 0) {
+    throw InputError("--joint-topk", "", "joint reconstruction needs a calibrated method (omniquant or affinequant), not rtn");
+  }
   QF_LOG(Debug) << "quantize " << s.model.string() << " -> " << s.out.string() << ": " << worker::method_name(s.method) << " W"
                << s.wbits << "A" << s.abits << (s.group_size ? " g" + std::to_string(s.group_size) : "")
                << (s.faithful ? " faithful" : " deployable") << "; recipe " << s.recipe.describe();
-  return run_quantize_job(s);
+  return s;
+}
+
+}  // namespace
+
+QuantizeSpec parse_quantize_spec(const Args& args) { return *parse_spec(args, false, false); }
+
+int run_quantize(const Args& args) {
+  const std::optional<QuantizeSpec> s = parse_spec(args, true, true);
+  if (!s) return 0;  // --help: usage printed
+  return run_quantize_job(*s);
 }
 
 }  // namespace qforge::jobs

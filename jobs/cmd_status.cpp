@@ -1,5 +1,7 @@
 // qforge status: progress of a job directory, read from its spec, plan and journal only (safe to run
 // while the job runs, from any node that sees the directory).
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <map>
@@ -7,8 +9,10 @@
 
 #include "common/error.h"
 #include "common/file_util.h"
+#include "coordinator/oscillation.h"
 #include "coordinator/progress.h"
 #include "jobs/cli.h"
+#include "jobs/slurm_query.h"
 #include "storage/job_dir.h"
 #include "storage/journal.h"
 
@@ -31,18 +35,34 @@ json collect_status(const storage::JobDir& jd) {
   const json spec = json::parse(read_file(jd.spec_path()));
   const json plan = fs::exists(jd.plan_path()) ? json::parse(read_file(jd.plan_path())) : json::object();
   const storage::JournalReplay replay = storage::replay_journal(jd.journal_path());
-  const int units = plan.contains("units") ? static_cast<int>(plan["units"].size()) : 0;
+  const int plan_units = plan.contains("units") ? static_cast<int>(plan["units"].size()) : 0;
   const int teams = plan.value("teams", 1);
 
   json out = {{"job_dir", jd.root().string()}, {"fingerprint", spec.value("fingerprint", "")},
-              {"mode", spec["identity"].value("mode", "")}, {"units_total", units}, {"starts", 0},
+              {"mode", spec["identity"].value("mode", "")}, {"starts", 0},
               {"complete", false}, {"last_error", nullptr}, {"torn_tail", replay.torn_tail}};
-  std::vector<json> unit_info(static_cast<std::size_t>(units));
-  for (int u = 0; u < units; ++u) {
+  std::vector<json> unit_info(static_cast<std::size_t>(plan_units));
+  for (int u = 0; u < plan_units; ++u) {
     const auto& pu = plan["units"][static_cast<std::size_t>(u)];
     unit_info[static_cast<std::size_t>(u)] = {{"unit", u}, {"first_block", pu.value("first_block", u)},
                                               {"num_blocks", pu.value("num_blocks", 1)}, {"state", "pending"},
                                               {"attempts", 0}, {"done_count", 0}};
+  }
+  // MRECG: the journaled selection replaces the plan's block units.
+  json selection;
+  std::map<int, json> probes, done_records;
+  for (const auto& r : replay.records) {
+    if (r.value("type", "") == "joint_selection") selection = r;
+  }
+  int units = plan_units;
+  if (selection.is_object()) {
+    units = static_cast<int>(selection["units"].size());
+    unit_info.assign(static_cast<std::size_t>(units), json());
+    for (int u = 0; u < units; ++u) {
+      const auto& su = selection["units"][static_cast<std::size_t>(u)];
+      unit_info[static_cast<std::size_t>(u)] = {{"unit", u}, {"first_block", su[0]}, {"num_blocks", su[1]}, {"state", "pending"},
+                                                {"attempts", 0}, {"done_count", 0}};
+    }
   }
   std::map<int, std::int64_t> rank_samples;
   std::map<int, std::uint64_t> rank_peak;
@@ -60,6 +80,7 @@ json collect_status(const storage::JobDir& jd) {
     const int u = r.value("unit", -1);
     json* ui = u >= 0 && u < units ? &unit_info[static_cast<std::size_t>(u)] : nullptr;
     if (type == "job_start") {
+      out.erase("stopped");
       out["starts"] = out["starts"].get<int>() + 1;
       last_ranks = r.value("ranks", 0);
       out["ranks"] = last_ranks;
@@ -71,8 +92,16 @@ json collect_status(const storage::JobDir& jd) {
       (*ui)["attempts"] = (*ui)["attempts"].get<int>() + 1;
       if ((*ui)["state"] != "done") (*ui)["state"] = "assigned";
       (*ui)["ranks_assigned"] = r.value("ranks", json::array());
+    } else if (type == "unit_checkpoint" && ui) {
+      (*ui)["checkpoint"] = {{"epoch", r.value("epoch", 0)}, {"step", r.value("step", 0)}, {"file", r.value("file", "")}};
+    } else if (type == "job_stopped") {
+      out["stopped"] = r.value("message", "");
+    } else if (type == "probe_done") {
+      probes[r.value("block", 0)] = r;
     } else if (type == "unit_done" && ui) {
+      done_records[u] = r;
       (*ui)["state"] = "done";
+      ui->erase("checkpoint");
       (*ui)["done_count"] = (*ui)["done_count"].get<int>() + 1;
       (*ui)["seconds"] = r.value("seconds", 0.0);
       (*ui)["team"] = r.value("team", 0);
@@ -101,7 +130,22 @@ json collect_status(const storage::JobDir& jd) {
       out["complete"] = true;
     }
   }
+  // Slurm: the jobs `qforge submit` recorded (slurm.json) and what Slurm says about them now.
+  if (fs::exists(jd.root() / "slurm.json")) {
+    json jobs = json::array();
+    for (const auto& sub : json::parse(read_file(jd.root() / "slurm.json")).value("submissions", json::array())) {
+      json q = query_slurm_job(sub.value("job_id", ""));
+      q["kind"] = sub.value("kind", "");
+      if (sub.contains("chain_index")) q["chain_index"] = sub["chain_index"];
+      jobs.push_back(q);
+    }
+    out["slurm"] = jobs;
+  }
+  out["units_total"] = units;
   out["units_done"] = done;
+  if (!probes.empty() || selection.is_object() || !done_records.empty()) {
+    out["oscillation"] = coordinator::oscillation_report(probes, selection, done_records);
+  }
   out["units"] = unit_info;
   json rs = json::object(), rp = json::object();
   for (const auto& [k, v] : rank_samples) rs[std::to_string(k)] = v;
@@ -116,13 +160,68 @@ json collect_status(const storage::JobDir& jd) {
   return out;
 }
 
+void print_oscillation(const json& osc) {
+  const json& sel = osc["selection"];
+  if (sel.is_object()) {
+    std::cout << "MRECG: capacity from " << sel["capacity"].get<std::string>() << ", top-" << sel["topk"].get<int>() << ", units:";
+    for (const auto& u : sel["units"]) {
+      const int f = u[0], n = u[1];
+      std::cout << " " << (n > 1 ? "[" + std::to_string(f) + "-" + std::to_string(f + n - 1) + "]" : std::to_string(f));
+    }
+    std::cout << "\n";
+  }
+  const auto fmt = [](const json& v) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.4g", v.is_number() ? v.get<double>() : 0.0);
+    return v.is_number() ? std::string(b) : std::string("-");
+  };
+  std::cout << "oscillation (normalised loss per block, probe / final):";
+  for (const auto& b : osc["blocks"]) std::cout << " " << b["block"].get<int>() << ":" << fmt(b["probe"]) << "/" << fmt(b["final"]);
+  const json& sm = osc["summary"];
+  std::cout << "\n  final curve: max " << fmt(sm["final_max"]) << ", " << sm["final_drops"].get<int>() << " drop(s) totalling "
+            << fmt(sm["final_drop_total"]) << "; probe curve: " << sm["probe_drops"].get<int>() << " drop(s) totalling "
+            << fmt(sm["probe_drop_total"]) << "\n";
+}
+
+// --plot FILE: the job's oscillation plot; --compare DIR adds another job's final curve (e.g. the
+// block-wise run next to the joint one).
+void write_plot(const json& st, const po::variables_map& vm) {
+  if (!st.contains("oscillation")) throw InputError("--plot", "", "the job has no finished unit to plot");
+  const json& osc = st["oscillation"];
+  auto values = [](const json& a) {
+    std::vector<double> v;
+    for (const auto& x : a) v.push_back(x.is_number() ? x.get<double>() : std::nan(""));
+    return v;
+  };
+  std::vector<coordinator::PlotSeries> series;
+  if (std::any_of(osc["probe"].begin(), osc["probe"].end(), [](const json& x) { return x.is_number(); })) {
+    series.push_back({"probe (block alone, FP input)", values(osc["probe"]), "#888888"});
+  }
+  series.push_back({vm["label"].as<std::string>(), values(osc["final"]), "#c0392b"});
+  if (!vm["compare"].as<std::string>().empty()) {
+    const json other = collect_status(storage::JobDir(vm["compare"].as<std::string>()));
+    if (!other.contains("oscillation")) throw InputError("--compare", "", "that job has no finished unit");
+    series.push_back({vm["compare-label"].as<std::string>(), values(other["oscillation"]["final"]), "#2e86c1"});
+  }
+  std::vector<std::pair<int, int>> joint;
+  for (const auto& u : osc["units"]) joint.emplace_back(u["blocks"].front().get<int>(), static_cast<int>(u["blocks"].size()));
+  const std::string path = vm["plot"].as<std::string>();
+  write_file_atomic(path, coordinator::oscillation_svg(vm["title"].as<std::string>(), series, joint));
+  std::cout << "wrote " << path << "\n";
+}
+
 }  // namespace
 
 int run_status(const Args& args) {
   po::options_description desc("status options");
   add_common_options(desc);
   desc.add_options()("job-dir", po::value<std::string>()->required(), "job directory")("json", po::bool_switch(),
-                                                                                       "print one JSON object");
+                                                                                       "print one JSON object")(
+      "plot", po::value<std::string>()->default_value(""), "write the oscillation plot (SVG) to this file")(
+      "compare", po::value<std::string>()->default_value(""), "with --plot: also draw this job directory's final curve")(
+      "label", po::value<std::string>()->default_value("final (this job)"), "with --plot: legend of this job's curve")(
+      "compare-label", po::value<std::string>()->default_value("final (compared job)"), "with --plot: legend of --compare")(
+      "title", po::value<std::string>()->default_value("per-block reconstruction loss across depth"), "with --plot: title");
   po::positional_options_description pos;
   pos.add("job-dir", 1);
   po::variables_map vm;
@@ -137,9 +236,23 @@ int run_status(const Args& args) {
   std::cout << "job " << st["job_dir"].get<std::string>() << " (" << st["mode"].get<std::string>() << " mode, fingerprint "
             << st["fingerprint"].get<std::string>().substr(0, 12) << ")\n";
   std::cout << "state: "
-            << (st["complete"].get<bool>() ? "complete" : st["last_error"].is_null() ? "in progress or interrupted" : "stopped")
+            << (st["complete"].get<bool>()        ? "complete"
+                : !st["last_error"].is_null()     ? "stopped"
+                : st.contains("stopped")          ? "stopped by a signal, resumable"
+                                                  : "in progress or interrupted")
             << "; starts " << st["starts"].get<int>() << " (" << std::max(0, st["starts"].get<int>() - 1) << " restarts)"
             << "; last run " << st.value("ranks", 0) << " ranks\n";
+  if (st.contains("slurm")) {
+    for (const auto& j : st["slurm"]) {
+      std::cout << "Slurm job " << j["job_id"].get<std::string>() << " (" << j["kind"].get<std::string>() << "): "
+                << j["state"].get<std::string>();
+      if (j["restarts"].is_number()) std::cout << ", restarts " << j["restarts"].get<int>();
+      if (j["exit_code"].is_string() && !j["exit_code"].get<std::string>().empty()) std::cout << ", exit " << j["exit_code"].get<std::string>();
+      if (j["reason"].is_string() && j["reason"] != "None" && !j["reason"].get<std::string>().empty()) std::cout << ", reason " << j["reason"].get<std::string>();
+      if (!j["note"].get<std::string>().empty()) std::cout << " (" << j["note"].get<std::string>() << ")";
+      std::cout << "\n";
+    }
+  }
   std::cout << "progress: " << done << "/" << total << " units done";
   if (!st["complete"].get<bool>() && done > 0 && done < total) {
     std::cout << ", ETA " << coordinator::format_duration(st["eta_seconds"].get<double>());
@@ -156,6 +269,10 @@ int run_status(const Args& args) {
       std::printf(", samples");
       for (const auto& rk : u["ranks"]) std::printf(" r%d:%lld", rk["rank"].get<int>(), static_cast<long long>(rk["samples"].get<std::int64_t>()));
     }
+    if (u.contains("checkpoint")) {
+      std::printf(" checkpoint at epoch %d step %lld", u["checkpoint"]["epoch"].get<int>() + 1,
+                  static_cast<long long>(u["checkpoint"]["step"].get<std::int64_t>()));
+    }
     if (u["attempts"].get<int>() > 1) std::printf(" (%d attempts)", u["attempts"].get<int>());
     std::printf("\n");
   }
@@ -165,7 +282,9 @@ int run_status(const Args& args) {
   for (const auto& [r, n] : st["rank_peak_rss"].items()) std::cout << " r" << r << ":" << mib(n.get<double>());
   std::cout << "\ncache: " << mib(st["cache_bytes_written"].get<double>()) << " written, "
             << mib(st["cache_bytes_read"].get<double>()) << " read\n";
+  if (st.contains("oscillation")) print_oscillation(st["oscillation"]);
   std::cout << "last error: " << (st["last_error"].is_null() ? "none" : st["last_error"].get<std::string>()) << "\n";
+  if (!vm["plot"].as<std::string>().empty()) write_plot(st, vm);
   return 0;
 }
 

@@ -21,6 +21,7 @@ const std::vector<Command>& commands();
 int run_quantize(const Args& args);
 int run_eval(const Args& args);
 int run_status(const Args& args);
+int run_submit(const Args& args);
 int run_export(const Args& args);
 int run_inspect(const Args& args);
 int run_import_llama2c(const Args& args);

@@ -16,10 +16,12 @@
 #include "common/log.h"
 #include "common/mpi_comm.h"
 #include "common/sha256.h"
+#include "common/signals.h"
 #include "common/threads.h"
 #include "coordinator/assembly.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/progress.h"
+#include "partition/joint_selection.h"
 #include "partition/plan.h"
 #include "storage/activation_cache.h"
 #include "storage/export.h"
@@ -89,6 +91,32 @@ worker::CalibOptions block_options(const QuantizeSpec& s, int b) {
 
 bool needs_data(const QuantizeSpec& s) { return s.method != worker::Method::kRtn; }
 
+// MRECG as the job runs it: enabled for calibrated methods with top-k > 0 and at least two blocks.
+coordinator::JointSpec joint_spec(const QuantizeSpec& s, const storage::LlamaConfig& cfg) {
+  coordinator::JointSpec j;
+  const int L = cfg.num_hidden_layers;
+  j.topk = s.joint_topk < 0 ? partition::default_joint_topk(L) : s.joint_topk;
+  j.enabled = needs_data(s) && j.topk > 0 && L > 1;
+  if (!j.enabled) return {};
+  j.max_blocks = s.joint_max_blocks;
+  j.data_dependent = s.modcap == "probe";
+  j.probe_samples = std::min(s.probe_samples, s.calib.nsamples);
+  if (!j.data_dependent) {
+    for (int b = 0; b < L; ++b) {
+      const auto ov = s.overrides.find(b);
+      const int bits = ov != s.overrides.end() && ov->second.bits ? ov->second.bits : s.wbits;
+      j.data_free_capacity.push_back(static_cast<double>(cfg.block_parameters()) * bits);
+    }
+  }
+  return j;
+}
+
+json joint_identity(const QuantizeSpec& s, const coordinator::JointSpec& j) {
+  if (!j.enabled) return nullptr;
+  return {{"topk", j.topk}, {"max_blocks", j.max_blocks}, {"capacity", s.modcap},
+          {"probe_epochs", j.data_dependent ? s.probe_epochs : 0}, {"probe_samples", j.data_dependent ? j.probe_samples : 0}};
+}
+
 fs::path job_dir_of(const QuantizeSpec& s) { return s.job_dir.empty() ? s.out / ".qforge-job" : s.job_dir; }
 
 partition::PlanOptions plan_options(const QuantizeSpec& s, int ranks) {
@@ -105,6 +133,8 @@ partition::PlanOptions plan_options(const QuantizeSpec& s, int ranks) {
   o.cache_bytes_per_value = storage::parse_cache_dtype(s.cache_dtype) == storage::CacheDType::kBF16 ? 2 : 4;
   o.affine_matrices = s.method == worker::Method::kAffineQuant && s.recipe.let;
   o.group_size = s.group_size;
+  const coordinator::JointSpec j = joint_spec(s, storage::read_llama_config(s.model));
+  if (j.enabled && j.data_dependent && o.mode == partition::EngineMode::kSequential) o.probe_samples = j.probe_samples;
   return o;
 }
 
@@ -137,7 +167,8 @@ json job_identity(const QuantizeSpec& s, const std::string& model_fp) {
                       {"fp64_matrices", s.fp64_matrices},
                       {"cache_dtype", s.cache_dtype}}},
           {"mode", s.mode},
-          {"team_size", s.team_size}};
+          {"team_size", s.team_size},
+          {"joint", joint_identity(s, joint_spec(s, storage::read_llama_config(s.model)))}};
 }
 
 std::string random_id() {
@@ -145,6 +176,38 @@ std::string random_id() {
   std::ostringstream os;
   os << std::hex << rd() << rd() << rd() << rd();
   return os.str();
+}
+
+// The calibration windows [nsamples, seqlen] the spec asks for.
+at::Tensor calibration_ids(const QuantizeSpec& s) {
+  std::unique_ptr<storage::Tokenizer> tok;
+  if (s.calib.source != kGenerateSource) {
+    fs::path tp = !s.tokenizer.empty() ? s.tokenizer : storage::find_model_tokenizer(s.model);
+    if (!tp.empty()) tok = storage::load_tokenizer(tp);
+  }
+  worker::ModelOptions gen_opt;
+  gen_opt.keep_weights = s.calib.source == kGenerateSource;
+  const worker::LlamaModel model(s.model, gen_opt);
+  return load_calibration(s.calib, tok.get(), model).contiguous();
+}
+
+// --dry-run with MRECG probes: the engine's probe (worker::probe_block) of every block, here in one
+// process on the FP stream of the probe samples, rounded at each boundary as the cache would.
+std::vector<double> dry_run_probe_values(const QuantizeSpec& s, const coordinator::JointSpec& j) {
+  const at::Tensor ids = calibration_ids(s).slice(0, 0, j.probe_samples);
+  const worker::LlamaModel model(s.model);
+  const auto& cfg = model.config();
+  const worker::RopeTables rope = model.rope(s.calib.seqlen);
+  const auto dtype = storage::parse_cache_dtype(s.cache_dtype);
+  at::NoGradGuard no_grad;
+  at::Tensor x = storage::round_to_cache_dtype(model.embed(ids).to(at::kFloat).contiguous(), dtype);
+  std::vector<double> values;
+  for (int b = 0; b < cfg.num_hidden_layers; ++b) {
+    const worker::BlockWeights fp = worker::BlockWeights::load(model.checkpoint(), cfg, b, at::kFloat, at::kCPU);
+    values.push_back(worker::probe_block(cfg, fp, x, block_options(s, b), s.probe_epochs, rope, "probe of block " + std::to_string(b)).normalized);
+    x = storage::round_to_cache_dtype(worker::block_forward(cfg, fp, x, rope), dtype);
+  }
+  return values;
 }
 
 // Rank 0: create or check the job directory. Returns what every rank needs to know.
@@ -166,15 +229,7 @@ json prepare_job_dir(const QuantizeSpec& s, int ranks, int default_threads) {
 
   if (needs_data(s) && !fs::exists(jd.calibration_path())) {
     // Drawn once, at the first start; a resumed run reads the same windows back.
-    std::unique_ptr<storage::Tokenizer> tok;
-    if (s.calib.source != kGenerateSource) {
-      fs::path tp = !s.tokenizer.empty() ? s.tokenizer : storage::find_model_tokenizer(s.model);
-      if (!tp.empty()) tok = storage::load_tokenizer(tp);
-    }
-    worker::ModelOptions gen_opt;
-    gen_opt.keep_weights = s.calib.source == kGenerateSource;
-    const worker::LlamaModel model(s.model, gen_opt);
-    at::Tensor ids = load_calibration(s.calib, tok.get(), model).contiguous();
+    const at::Tensor ids = calibration_ids(s);
     std::vector<std::int32_t> flat(ids.data_ptr<std::int64_t>(), ids.data_ptr<std::int64_t>() + ids.numel());
     storage::write_token_file(jd.calibration_path(), flat);
     QF_LOG(Info) << "calibration: " << ids.size(0) << " x " << ids.size(1) << " tokens from " << s.calib.source;
@@ -183,21 +238,17 @@ json prepare_job_dir(const QuantizeSpec& s, int ranks, int default_threads) {
   write_file_atomic(jd.plan_path(), plan.to_json().dump(1) + "\n");
   const std::string job_id = random_id();
   write_file_atomic(jd.job_id_path(), job_id + "\n");
-  json units = json::array();
-  for (const auto& u : plan.units) units.push_back({u.first_block, u.num_blocks});
   return {{"ok", true}, {"job_id", job_id}, {"threads", threads}, {"team_size", plan.team_size},
-          {"model_fingerprint", model_fp}, {"job_fingerprint", spec.at("fingerprint")}, {"units", units}};
+          {"model_fingerprint", model_fp}, {"job_fingerprint", spec.at("fingerprint")}};
 }
 
-coordinator::AssemblySpec assembly_spec(const QuantizeSpec& s, const storage::JobDir& jd,
-                                        const std::vector<std::pair<int, int>>& units) {
+coordinator::AssemblySpec assembly_spec(const QuantizeSpec& s, const storage::JobDir& jd) {
   coordinator::AssemblySpec a;
   a.model = s.model;
   a.out = s.out;
   a.job = jd;
   a.out_config = storage::read_llama_config(s.model);
   a.out_config.quant = make_quant_config(s);
-  a.units = units;
   a.model_dtype = storage::from_scalar_type(worker::parse_compute_dtype(a.out_config.torch_dtype));
   a.shard_bytes = s.shard_bytes;
   a.sidecar_metadata = {{"format", "pt"}, {"bits", std::to_string(s.wbits)}, {"group_size", std::to_string(s.group_size)},
@@ -230,14 +281,32 @@ int run_quantize_job(const QuantizeSpec& s) {
 
   MpiSession mpi(nullptr, nullptr);
   const int rank = mpi.world_rank(), ranks = mpi.world_size();
+  const coordinator::JointSpec joint = joint_spec(s, cfg);
   if (s.dry_run) {
-    if (rank == 0) std::cout << partition::format_plan_report(build_plan(s, ranks)) << std::flush;
+    if (rank == 0) {
+      std::cout << partition::format_plan_report(build_plan(s, ranks));
+      if (joint.enabled) {
+        const std::vector<double> values = joint.data_dependent ? dry_run_probe_values(s, joint) : [&] {
+          std::vector<double> v;
+          for (double c : joint.data_free_capacity) v.push_back(-c);
+          return v;
+        }();
+        const partition::JointSelection sel = partition::select_joint_units(values, joint.topk, joint.max_blocks);
+        std::cout << "\n" << partition::format_joint_report(values, sel, joint.data_dependent ? "probe" : "data-free", joint.topk, joint.max_blocks);
+        const storage::CheckpointReader ckpt(s.model);
+        std::cout << "\njoint " << partition::format_plan_report(partition::make_plan(worker::index_checkpoint(cfg, ckpt), plan_options(s, ranks), sel.units));
+      }
+      std::cout << std::flush;
+    }
     return kExitOk;
   }
   set_log_identity(ranks > 1 ? rank : -1, rank == 0 ? "coord+worker" : "worker");
   // Team members log the same epoch lines as rank 0; at the default level only rank 0 speaks.
   if (rank != 0 && log_level() == LogLevel::kInfo) set_log_level(LogLevel::kWarn);
   configure_fault_injection(rank);
+  // Slurm's time-limit warning (USR1) and preemption (TERM) reach every rank; the coordinator on rank 0
+  // acts on them (checkpoint, journal, stop with kExitStopped), the other ranks just must not die.
+  install_stop_signal_handlers();
   const MpiComm world = MpiComm::duplicate(MPI_COMM_WORLD);
 
   // 1. Rank 0 prepares the job directory; everyone learns the outcome.
@@ -293,7 +362,8 @@ int run_quantize_job(const QuantizeSpec& s) {
   es.batch_size = s.batch_size;
   es.cache_dtype = storage::parse_cache_dtype(s.cache_dtype);
   es.needs_data = needs_data(s);
-  for (const auto& u : prep.at("units")) es.units.emplace_back(u[0].get<int>(), u[1].get<int>());
+  es.blocks = cfg.num_hidden_layers;
+  es.probe_epochs = s.probe_epochs;
   for (int b = 0; b < cfg.num_hidden_layers; ++b) es.block_options.push_back(block_options(s, b));
   es.heartbeat_interval_s = std::min(5.0, s.heartbeat_timeout_s / 4);
   es.collective_timeout_s = 2 * s.heartbeat_timeout_s + 10;
@@ -307,6 +377,13 @@ int run_quantize_job(const QuantizeSpec& s) {
                  << (launcher.slurm_job_id.empty() ? "" : ", Slurm job " + launcher.slurm_job_id) << "), "
                  << s.mode << " mode, " << ranks / team_size << " team(s) of " << team_size << ", "
                  << prep.at("threads").get<int>() << " compute thread(s) per rank";
+    if (joint.enabled) {
+      QF_LOG(Info) << "MRECG joint reconstruction: top-" << joint.topk << " capacity drops, units of at most "
+                   << joint.max_blocks << " blocks, capacity "
+                   << (joint.data_dependent ? "from probes on " + std::to_string(joint.probe_samples) + " samples, " +
+                                                  std::to_string(s.probe_epochs) + " epoch(s)"
+                                            : std::string("data-free (parameters x bits)"));
+    }
   }
 
   // 4. Rank 0: the coordinator thread. Every rank: the worker loop.
@@ -319,7 +396,7 @@ int run_quantize_job(const QuantizeSpec& s) {
     if (replay.torn_tail) {
       QF_LOG(Warn) << jd.journal_path().string() << ": dropping a torn last record (crash during append)";
     }
-    coordinator::JobState state(static_cast<int>(es.units.size()), es.sequential, es.needs_data ? es.samples : 0);
+    coordinator::JobState state(es.blocks, es.sequential, es.needs_data ? es.samples : 0, joint);
     for (const auto& r : replay.records) state.apply(r);
     journal = std::make_unique<storage::Journal>(jd.journal_path());
     coordinator::CoordinatorSettings cs;
@@ -327,10 +404,9 @@ int run_quantize_job(const QuantizeSpec& s) {
     cs.ranks = ranks;
     cs.team_size = team_size;
     cs.needs_data = es.needs_data;
-    cs.units = es.units;
     cs.heartbeat_timeout_s = s.heartbeat_timeout_s;
     cs.keep_cache = s.keep_cache;
-    const coordinator::AssemblySpec aspec = assembly_spec(s, jd, es.units);
+    const coordinator::AssemblySpec aspec = assembly_spec(s, jd);
     coord_thread = std::thread([&, cs, aspec, state]() mutable {
       try {
         coordinator::Coordinator c(cs, world, *journal, std::move(state),
@@ -357,7 +433,7 @@ int run_quantize_job(const QuantizeSpec& s) {
       std::this_thread::sleep_for(std::chrono::seconds(120));
       std::_Exit(kExitWorkerLost);
     }
-    return wexit == worker::WorkerExit::kOk ? kExitOk : kExitInternal;
+    return wexit == worker::WorkerExit::kOk ? kExitOk : wexit == worker::WorkerExit::kStopped ? kExitStopped : kExitInternal;
   }
 
   coord_thread.join();
@@ -387,5 +463,9 @@ int run_quantize_job(const QuantizeSpec& s) {
                << coordinator::format_duration(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
   return kExitOk;
 }
+
+// The plan the job would build for `ranks` ranks (block units; MRECG joint units are chosen at run time),
+// for `qforge submit` to check memory and cache disk before anything is queued.
+partition::Plan quantize_plan(const QuantizeSpec& s, int ranks) { return build_plan(s, ranks); }
 
 }  // namespace qforge::jobs

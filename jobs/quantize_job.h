@@ -15,6 +15,7 @@
 #include <string>
 
 #include "jobs/calib_data.h"
+#include "partition/plan.h"
 #include "storage/quant_config.h"
 #include "worker/recipes.h"
 
@@ -50,10 +51,20 @@ struct QuantizeSpec {
   int threads = 0;                   // --threads as given (0: pinned value of the job, else default)
   std::string export_format;         // after success: also export (gptq | compressed-tensors | fake-quant)
   fs::path export_out;               // default <out>-<format>
+  // MRECG joint reconstruction (algorithms.md §4.6)
+  int joint_topk = -1;               // -1: max(1, round(blocks / 8)); 0: block-wise (no probes)
+  int joint_max_blocks = 3;
+  std::string modcap = "probe";      // probe (data-dependent) | data-free (parameters x bits)
+  int probe_epochs = 0;              // 0: initialisation + forward only
+  std::int64_t probe_samples = 16;   // the first N calibration sequences
 };
 
 // Runs the whole job (or prints the plan with dry_run); throws InputError for bad input, InternalError
 // for failures. Returns the exit code (non-zero when the job stopped; the reason is already logged).
 int run_quantize_job(const QuantizeSpec& spec);
+
+// The block plan of the job for `ranks` ranks (memory per rank, cache disk), built from config.json and
+// the safetensors headers only; throws InputError for impossible options (e.g. --batch-size < team).
+partition::Plan quantize_plan(const QuantizeSpec& spec, int ranks);
 
 }  // namespace qforge::jobs

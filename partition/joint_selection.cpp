@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <numeric>
+#include <sstream>
 
 #include "common/error.h"
 
@@ -49,6 +51,34 @@ JointSelection select_joint_units(const std::vector<double>& cap, int topk, int 
     b = e + 1;
   }
   return out;
+}
+
+std::string format_joint_report(const std::vector<double>& values, const JointSelection& sel, const std::string& kind,
+                                int topk, int max_blocks) {
+  std::ostringstream out;
+  char line[160];
+  out << "MRECG joint reconstruction: top-" << topk << " differentials, units of at most " << max_blocks << " blocks, capacity from "
+      << kind << "\n";
+  out << "  block  " << (kind == "data-free" ? "-capacity      " : "normalised loss") << "  differential to next\n";
+  for (std::size_t b = 0; b < values.size(); ++b) {
+    std::string mark;
+    if (std::find(sel.selected.begin(), sel.selected.end(), static_cast<int>(b)) != sel.selected.end()) {
+      mark = std::find(sel.dropped.begin(), sel.dropped.end(), static_cast<int>(b)) != sel.dropped.end() ? "  selected, dropped (cap)"
+                                                                                                          : "  selected";
+    }
+    if (b < sel.differentials.size()) {
+      std::snprintf(line, sizeof line, "  %5zu  %15.6g  %+20.6g%s\n", b, values[b], sel.differentials[b], mark.c_str());
+    } else {
+      std::snprintf(line, sizeof line, "  %5zu  %15.6g\n", b, values[b]);
+    }
+    out << line;
+  }
+  out << "  units (" << sel.units.size() << "):";
+  for (const auto& [first, n] : sel.units) {
+    out << " " << (n > 1 ? "[" + std::to_string(first) + "-" + std::to_string(first + n - 1) + "]" : std::to_string(first));
+  }
+  out << "\n";
+  return out.str();
 }
 
 }  // namespace qforge::partition

@@ -3,9 +3,11 @@
 // differentials D_i = ℓ_{i+1} − ℓ_i between adjacent blocks; the top-k positive ones are selected and
 // their block pairs merged into joint units, in descending D order, dropping a merge that would make a
 // unit longer than the cap. Pure and deterministic: ties go to the larger ℓ_{i+1}, then the lower i.
-// This is the policy only; probing and joint training belong to the engine (issue: MRECG).
+// This is the policy only; the engine probes (worker/calibrator.h probe_block), journals the choice
+// (coordinator: joint_selection) and trains each joint unit as one (worker/calibrator.h UnitTrainer).
 #pragma once
 
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -24,5 +26,10 @@ int default_joint_topk(int blocks);
 // `capacity` has one value per block. topk = 0 gives one unit per block; a topk larger than the number
 // of positive differentials takes them all. max_blocks >= 1.
 JointSelection select_joint_units(const std::vector<double>& capacity, int topk, int max_blocks);
+
+// Dry-run / status text: per block the value ranked (`kind` says which: the probe's normalised loss
+// or the data-free capacity), the differentials, what was selected or dropped, and the units.
+std::string format_joint_report(const std::vector<double>& values, const JointSelection& selection, const std::string& kind,
+                                int topk, int max_blocks);
 
 }  // namespace qforge::partition

@@ -128,6 +128,12 @@ int resolve_team_size(const PlanOptions& o) {
 }
 
 Plan make_block_plan(const ModelIndex& index, const PlanOptions& options) {
+  std::vector<std::pair<int, int>> units;
+  for (int b = 0; b < index.num_blocks(); ++b) units.emplace_back(b, 1);
+  return make_plan(index, options, units);
+}
+
+Plan make_plan(const ModelIndex& index, const PlanOptions& options, const std::vector<std::pair<int, int>>& unit_blocks) {
   Plan plan;
   plan.options = options;
   plan.team_size = resolve_team_size(options);
@@ -147,15 +153,17 @@ Plan make_block_plan(const ModelIndex& index, const PlanOptions& options) {
       4 * 3;
   const std::int64_t trainable_per_block = training ? block_trainable_parameters(c, options) : 0;
 
-  for (int b = 0; b < index.num_blocks(); ++b) {
+  for (const auto& [first, count] : unit_blocks) {
     WorkUnit u;
     u.id = static_cast<int>(plan.units.size());
-    u.first_block = b;
-    u.num_blocks = 1;
-    for (const auto& tensor : index.block(b)) {
-      u.tensors.push_back(tensor.name);
-      u.parameters += shape_elements(tensor.shape);
-      u.weight_bytes += tensor.nbytes;
+    u.first_block = first;
+    u.num_blocks = count;
+    for (int b = first; b < first + count && b < index.num_blocks(); ++b) {
+      for (const auto& tensor : index.block(b)) {
+        u.tensors.push_back(tensor.name);
+        u.parameters += shape_elements(tensor.shape);
+        u.weight_bytes += tensor.nbytes;
+      }
     }
     const auto p = static_cast<std::uint64_t>(u.parameters);
     u.forward_flops = 2.0 * static_cast<double>(u.parameters) * tokens +
@@ -163,7 +171,8 @@ Plan make_block_plan(const ModelIndex& index, const PlanOptions& options) {
                           static_cast<double>(c.q_dim());
     u.train_flops = training ? options.epochs * 3.0 * u.forward_flops : 0.0;
     const std::uint64_t trainable = static_cast<std::uint64_t>(trainable_per_block * u.num_blocks) * 4 * 4;
-    const std::uint64_t step = step_activations + (training ? 4 * p * 3 : 0);
+    // A joint unit back-propagates through all of its blocks: their intermediates are held together.
+    const std::uint64_t step = step_activations * static_cast<std::uint64_t>(u.num_blocks) + (training ? 4 * p * 3 : 0);
     u.peak_bytes = 4 * p * 2 + trainable + activations + step;
     plan.rank_peak_bytes = std::max(plan.rank_peak_bytes, u.peak_bytes);
     plan.units.push_back(std::move(u));
@@ -171,10 +180,15 @@ Plan make_block_plan(const ModelIndex& index, const PlanOptions& options) {
   for (const auto& tensor : index.globals()) plan.global_tensors.push_back(tensor.name);
 
   const auto stream_bytes = static_cast<std::uint64_t>(n * t * h) * static_cast<std::uint64_t>(options.cache_bytes_per_value);
+  // The FP pass writes every block boundary (joint units are chosen after it); MRECG probes in
+  // sequential mode need it for the probe samples only.
+  const auto boundaries = static_cast<std::uint64_t>(std::max(0, index.num_blocks() - 1));
   if (options.mode == EngineMode::kSequential) {
-    plan.cache_disk_bytes = 2 * 2 * stream_bytes;
+    const std::int64_t probe = std::min(options.probe_samples, n);
+    plan.cache_disk_bytes = std::max<std::uint64_t>(
+        2 * 2 * stream_bytes, boundaries * static_cast<std::uint64_t>(probe * t * h) * static_cast<std::uint64_t>(options.cache_bytes_per_value));
   } else {
-    plan.cache_disk_bytes = plan.units.empty() ? 0 : (plan.units.size() - 1) * stream_bytes;
+    plan.cache_disk_bytes = boundaries * stream_bytes;
   }
   check_plan_coverage(plan, index);
   return plan;
@@ -235,7 +249,7 @@ json Plan::to_json() const {
                {"aug_loss", o.aug_loss},
                {"cache_bytes_per_value", o.cache_bytes_per_value},
                {"affine_matrices", o.affine_matrices},
-               {"group_size", o.group_size}};
+               {"group_size", o.group_size}, {"probe_samples", o.probe_samples}};
   json units_json = json::array();
   for (const auto& u : units) {
     units_json.push_back({{"id", u.id},
@@ -282,6 +296,7 @@ Plan Plan::from_json(const json& j) {
   po.cache_bytes_per_value = get_field<int>(o, "cache_bytes_per_value", "options.");
   po.affine_matrices = get_field<bool>(o, "affine_matrices", "options.");
   po.group_size = get_field<std::int64_t>(o, "group_size", "options.");
+  po.probe_samples = o.value("probe_samples", std::int64_t{0});
   p.teams = get_field<int>(j, "teams", "");
   p.team_size = get_field<int>(j, "team_size", "");
   const json units = get_field<json>(j, "units", "");

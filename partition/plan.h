@@ -2,9 +2,8 @@
 // the model index alone. Pure (no I/O, no MPI, no LibTorch), so `--dry-run` can print it for a model
 // that does not fit on this machine, and the job directory keeps it as plan.json.
 //
-// A work unit is a run of adjacent decoder blocks (first_block, num_blocks). For now every unit is one
-// block; joint units of several blocks come later and every estimate below already sums over a unit's
-// blocks. The globals (embeddings, final norm, lm_head) belong to no unit: the coordinator writes them
+// A work unit is a run of adjacent decoder blocks (first_block, num_blocks): one block, or several for
+// an MRECG joint unit (partition/joint_selection.h); every estimate below sums over a unit's blocks. The globals (embeddings, final norm, lm_head) belong to no unit: the coordinator writes them
 // at assembly.
 //
 // Data layout the estimates assume (worker::DataSplit): a team of K ranks splits every optimiser
@@ -18,7 +17,7 @@
 //   trainable   = Ptrain * 4 * 4               parameter, gradient, two AdamW moments (training only)
 //   activations = rows_0 * T * H * 4 * S       S streams held at once: x_fp, x_q, y_fp, x_q_next (4),
 //                                              +1 (y_fp on x_q) with aug_loss
-//   step        = b * T * (16H + 4I + 2*heads*T) * 4 * 3  +  (training ? 4*P*3 : 0)
+//   step        = n * b * T * (16H + 4I + 2*heads*T) * 4 * 3  +  (training ? 4*P*3 : 0)   n = blocks of the unit
 //                 b = ceil(min(B, N)/K) sequences per step; per token a block's forward keeps about
 //                 16 H-wide and 4 I-wide intermediates and the heads x T attention probabilities
 //                 (scores and softmax), x3 for forward + backward; training also holds the
@@ -34,8 +33,10 @@
 //   train_flops   = training ? epochs * 3 * forward_flops : 0             (backward = 2x forward)
 //
 // Cache disk (HDF5 activation cache in the job dir), V = N*T*H*cache_bytes_per_value per stream:
-//   sequential:  2 boundaries x 2 streams (fp, q) = 4V         (the unit's input and output boundary)
-//   independent: the FP stream at every boundary between units = (units - 1) * V
+//   sequential:  2 boundaries x 2 streams (fp, q) = 4V         (the unit's input and output boundary),
+//                or, when larger, the MRECG probes' FP pass: (blocks - 1) * V * probe_samples / N
+//   independent: the FP stream at every block boundary = (blocks - 1) * V (after an MRECG selection
+//                the boundaries inside joint units are deleted)
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -66,6 +67,7 @@ struct PlanOptions {
   int cache_bytes_per_value = 4; // 4 fp32, 2 bf16
   bool affine_matrices = false;  // AffineQuant: full HxH and head_dim x head_dim matrices are trainable
   std::int64_t group_size = 0;   // weight quantization group (0 = per channel): sizes the LWC parameters
+  std::int64_t probe_samples = 0; // MRECG probes in sequential mode: samples the FP pass caches at every boundary
 
   // Training happens only when the method has something to train and there are epochs to run.
   bool training() const { return trains && epochs > 0; }
@@ -109,6 +111,8 @@ int resolve_team_size(const PlanOptions& options);
 
 // One unit per decoder block, in block order, with the estimates above. Checks coverage before returning.
 Plan make_block_plan(const ModelIndex& index, const PlanOptions& options);
+// The same for given units (first block, number of blocks), e.g. MRECG joint units.
+Plan make_plan(const ModelIndex& index, const PlanOptions& options, const std::vector<std::pair<int, int>>& units);
 
 // Every tensor of the index (blocks and globals) is covered exactly once by units ∪ global_tensors,
 // and the units' block ranges tile 0..num_blocks-1 in order; throws InternalError listing the

@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 packages=(cmake g++ make pkg-config git
   libtorch-dev libopenblas0-pthread        # LibTorch 1.13 (CPU); OpenBLAS makes it ~10x faster than generic BLAS
   libopenmpi-dev openmpi-bin libhdf5-dev libboost-program-options-dev
-  googletest libgtest-dev nlohmann-json3-dev libsentencepiece-dev)
+  googletest libgtest-dev nlohmann-json3-dev libsentencepiece-dev
+  slurmctld slurmd slurm-client munge libpmix-dev)  # the slurm test tier (slurm/dev/local-cluster.sh)
 
 if [ "${QFORGE_SKIP_APT:-0}" != "1" ]; then
   missing=()

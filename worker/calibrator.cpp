@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <map>
 
 #include "common/error.h"
 #include "common/fault.h"
@@ -47,63 +48,130 @@ BlockResult finalize_block(const BlockWeights& fp, const BlockTransforms& transf
   return r;
 }
 
-double team_mse(const storage::LlamaConfig& c, const BlockWeights& w, const at::Tensor& x, const at::Tensor& y,
-                const RopeTables& rope, const ActQuantSpec& act, std::int64_t batch, TeamReducer* reducer,
-                std::int64_t global_elements) {
-  at::NoGradGuard no_grad;
-  double sum = 0;
-  for (std::int64_t i = 0; i < x.size(0); i += batch) {
-    const std::int64_t j = std::min(x.size(0), i + batch);
-    at::Tensor out = block_forward(c, w, x.slice(0, i, j), rope, act);
-    sum += (out - y.slice(0, i, j)).pow(2).sum().item<double>();
+at::Tensor chain_forward(const storage::LlamaConfig& c, const std::vector<BlockWeights>& blocks, const at::Tensor& x,
+                         const RopeTables& rope, const std::vector<ActQuantSpec>& acts) {
+  at::Tensor h = x;
+  for (std::size_t i = 0; i < blocks.size(); ++i) {
+    h = acts.empty() ? block_forward(c, blocks[i], h, rope) : block_forward(c, blocks[i], h, rope, acts[i]);
   }
-  if (reducer) {
-    std::vector<at::Tensor> v{at::full({1}, sum, at::kDouble)};
-    reducer->sum(v);
-    sum = v[0].item<double>();
-  }
-  return sum / static_cast<double>(global_elements);
+  return h;
 }
 
-BlockTrainer::BlockTrainer(const storage::LlamaConfig& config, const BlockWeights& fp, const ActStats& stats,
-                           const CalibOptions& options, const RopeTables& rope, TeamReducer* reducer)
-    : config_(config), fp_(fp), options_(options), rope_(rope), reducer_(reducer), transforms_(config, fp, stats, options.transform, options.weights) {
+namespace {
+
+// Sums `values` over the team (in place; nothing without a reducer).
+void team_sum(std::vector<double>& values, TeamReducer* reducer) {
+  if (!reducer) return;
+  std::vector<at::Tensor> v{at::tensor(values, at::kDouble)};
+  reducer->sum(v);
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = v[0][static_cast<std::int64_t>(i)].item<double>();
+}
+
+std::vector<ActQuantSpec> act_specs(const std::vector<CalibOptions>& options) {
+  std::vector<ActQuantSpec> a;
+  for (const auto& o : options) a.push_back(o.acts);
+  return a;
+}
+
+}  // namespace
+
+double team_mse(const storage::LlamaConfig& c, const std::vector<BlockWeights>& w, const at::Tensor& x, const at::Tensor& y,
+                const RopeTables& rope, const std::vector<ActQuantSpec>& act, std::int64_t batch, TeamReducer* reducer,
+                std::int64_t global_elements) {
+  at::NoGradGuard no_grad;
+  std::vector<double> sum{0.0};
+  for (std::int64_t i = 0; i < x.size(0); i += batch) {
+    const std::int64_t j = std::min(x.size(0), i + batch);
+    at::Tensor out = chain_forward(c, w, x.slice(0, i, j), rope, act);
+    sum[0] += (out - y.slice(0, i, j)).pow(2).sum().item<double>();
+  }
+  team_sum(sum, reducer);
+  return sum[0] / static_cast<double>(global_elements);
+}
+
+std::vector<ChainLoss> chain_losses(const storage::LlamaConfig& c, const std::vector<BlockWeights>& fp,
+                                    const std::vector<BlockWeights>& q, const at::Tensor& x_fp, const at::Tensor& x_q,
+                                    const RopeTables& rope, const std::vector<ActQuantSpec>& acts, std::int64_t batch,
+                                    TeamReducer* reducer, std::int64_t global_elements) {
+  at::NoGradGuard no_grad;
+  const std::size_t n = fp.size();
+  std::vector<double> sums(2 * n, 0.0);  // [sse_0, energy_0, sse_1, ...]
+  for (std::int64_t i = 0; i < x_fp.size(0); i += batch) {
+    const std::int64_t j = std::min(x_fp.size(0), i + batch);
+    at::Tensor hf = x_fp.slice(0, i, j), hq = x_q.slice(0, i, j);
+    for (std::size_t b = 0; b < n; ++b) {
+      hf = block_forward(c, fp[b], hf, rope);
+      hq = block_forward(c, q[b], hq, rope, acts[b]);
+      sums[2 * b] += (hq - hf).pow(2).sum().item<double>();
+      sums[2 * b + 1] += hf.pow(2).sum().item<double>();
+    }
+  }
+  team_sum(sums, reducer);
+  std::vector<ChainLoss> out(n);
+  for (std::size_t b = 0; b < n; ++b) {
+    out[b] = {sums[2 * b] / static_cast<double>(global_elements), sums[2 * b + 1] / static_cast<double>(global_elements)};
+  }
+  return out;
+}
+
+UnitTrainer::UnitTrainer(const storage::LlamaConfig& config, const std::vector<BlockWeights>& fp,
+                         const std::vector<ActStats>& stats, const std::vector<CalibOptions>& options,
+                         const RopeTables& rope, TeamReducer* reducer)
+    : config_(config), fp_(fp), options_(options), rope_(rope), reducer_(reducer) {
+  QF_CHECK(!fp.empty() && fp.size() == stats.size() && fp.size() == options.size(), "a unit needs weights, stats and options per block");
+  for (std::size_t b = 0; b < fp.size(); ++b) {
+    transforms_.emplace_back(config, fp[b], stats[b], options[b].transform, options[b].weights);
+  }
+  // One optimiser over the union of the blocks' parameters: every transform, then every clipping, in
+  // block order (so one rank's gradient layout equals every other's, and a one-block unit is exactly
+  // the block-wise optimiser).
+  std::vector<at::Tensor> let, lwc;
+  for (const auto& t : transforms_) {
+    for (auto& p : t.let_parameters()) let.push_back(p);
+    for (auto& p : t.lwc_parameters()) lwc.push_back(p);
+  }
+  const CalibOptions& o = options_.front();
   std::vector<torch::optim::OptimizerParamGroup> groups;
   auto group = [&](std::vector<at::Tensor> params, double lr) {
     if (params.empty()) return;
     auto opt = std::make_unique<torch::optim::AdamWOptions>(lr);
-    opt->weight_decay(options_.weight_decay);  // LibTorch's AdamW defaults to 1e-2; the reference uses 0
+    opt->weight_decay(o.weight_decay);  // LibTorch's AdamW defaults to 1e-2; the reference uses 0
     groups.emplace_back(std::move(params), std::move(opt));
   };
-  group(transforms_.let_parameters(), options_.let_lr);
-  group(transforms_.lwc_parameters(), options_.lwc_lr);
+  group(std::move(let), o.let_lr);
+  group(std::move(lwc), o.lwc_lr);
   if (!groups.empty()) {
-    optimizer_ = std::make_unique<torch::optim::AdamW>(groups,
-                                                       torch::optim::AdamWOptions(options_.let_lr).weight_decay(options_.weight_decay));
+    optimizer_ = std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(o.let_lr).weight_decay(o.weight_decay));
   }
 }
 
-BlockTrainer::~BlockTrainer() = default;
+UnitTrainer::~UnitTrainer() = default;
 
-bool BlockTrainer::trainable() const { return optimizer_ != nullptr; }
+bool UnitTrainer::trainable() const { return optimizer_ != nullptr; }
 
-void BlockTrainer::begin_epoch(int epoch) {
+void UnitTrainer::begin_epoch(int epoch) {
   epoch_ = epoch;
   steps_in_epoch_ = 0;
-  transforms_.set_epoch(epoch, std::max(1, options_.epochs));
+  for (auto& t : transforms_) t.set_epoch(epoch, std::max(1, options_.front().epochs));
 }
 
-double BlockTrainer::step(const at::Tensor& x, const at::Tensor& y, const at::Tensor& y2, const std::string& label,
-                          std::int64_t global_rows) {
+std::vector<BlockWeights> UnitTrainer::fake_quantized() const {
+  std::vector<BlockWeights> out;
+  for (std::size_t b = 0; b < transforms_.size(); ++b) out.push_back(transforms_[b].fake_quantized(fp_[b]));
+  return out;
+}
+
+double UnitTrainer::step(const at::Tensor& x, const at::Tensor& y, const at::Tensor& y2, const std::string& label,
+                         std::int64_t global_rows, bool* stop_vote) {
   QF_CHECK(optimizer_, "nothing to train");
   fault_point("train_step");
-  transforms_.truncate_small_scales();
-  at::Tensor out = block_forward(config_, transforms_.fake_quantized(fp_), x, rope_, options_.acts);
+  for (auto& t : transforms_) t.truncate_small_scales();
+  at::Tensor out = chain_forward(config_, fake_quantized(), x, rope_, act_specs(options_));
   // Sum / global element count rather than mse_loss: partial losses of a team then add up to the
   // batch MSE, and so do their gradients.
   const double denom = static_cast<double>(global_rows < 0 ? x.size(0) : global_rows) * static_cast<double>(x.numel() / x.size(0));
   at::Tensor loss = (out - y).pow(2).sum() / denom;
-  if (options_.aug_loss) loss = loss + (out - y2).pow(2).sum() / denom;
+  if (options_.front().aug_loss) loss = loss + (out - y2).pow(2).sum() / denom;
   optimizer_->zero_grad();
   loss.backward();
   double lv = loss.item<double>();
@@ -118,8 +186,10 @@ double BlockTrainer::step(const at::Tensor& x, const at::Tensor& y, const at::Te
       }
     }
     parts.push_back(at::full({1}, lv, at::kDouble));
+    parts.push_back(at::full({1}, stop_vote && *stop_vote ? 1.0 : 0.0, at::kDouble));
     reducer_->sum(parts);
-    lv = parts.back().item<double>();
+    if (stop_vote) *stop_vote = parts.back().item<double>() > 0;
+    lv = parts[parts.size() - 2].item<double>();
   }
   if (!std::isfinite(lv)) {
     // The reference drops into pdb here; a batch job must stop with a reason instead.
@@ -127,56 +197,163 @@ double BlockTrainer::step(const at::Tensor& x, const at::Tensor& y, const at::Te
                         std::to_string(steps_in_epoch_) + " (try a smaller --sf or learning rate)");
   }
   optimizer_->step();
-  projections_ += transforms_.enforce_diagonal_dominance();
+  for (auto& t : transforms_) projections_ += t.enforce_diagonal_dominance();
   ++steps_in_epoch_;
   return lv;
 }
 
-BlockResult calibrate_block(const storage::LlamaConfig& c, const BlockWeights& fp, const at::Tensor& x_q,
-                            const at::Tensor& y_fp, const at::Tensor& y_fp2, const ActStats& stats,
-                            const CalibOptions& o, const RopeTables& rope, const std::string& label,
-                            TeamReducer* reducer, const DataSplit* split_in) {
-  BlockTrainer trainer(c, fp, stats, o, rope, reducer);
-  BlockTransforms& tr = trainer.transforms();
+std::vector<std::pair<std::string, at::Tensor>> UnitTrainer::state() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (std::size_t b = 0; b < transforms_.size(); ++b) {
+    for (auto& [name, t] : transforms_[b].state()) out.emplace_back("b" + std::to_string(b) + "." + name, t);
+  }
+  if (optimizer_) {
+    std::size_t k = 0;
+    for (const auto& group : optimizer_->param_groups()) {
+      for (const auto& p : group.params()) {
+        const std::string key = "adamw." + std::to_string(k++);
+        const auto it = optimizer_->state().find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+        if (it == optimizer_->state().end()) continue;  // before the first step
+        const auto& st = static_cast<const torch::optim::AdamWParamState&>(*it->second);
+        out.emplace_back(key + ".exp_avg", st.exp_avg().detach().clone());
+        out.emplace_back(key + ".exp_avg_sq", st.exp_avg_sq().detach().clone());
+        out.emplace_back(key + ".step", at::full({1}, st.step(), at::kLong));
+      }
+    }
+  }
+  out.emplace_back("trainer.projections", at::full({1}, projections_, at::kLong));
+  return out;
+}
+
+void UnitTrainer::load_state(const std::vector<std::pair<std::string, at::Tensor>>& state) {
+  std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
+  auto take = [&](const std::string& name) {
+    const auto it = by_name.find(name);
+    QF_CHECK(it != by_name.end(), "checkpoint lacks " + name);
+    return it->second;
+  };
+  for (std::size_t b = 0; b < transforms_.size(); ++b) {
+    std::vector<std::pair<std::string, at::Tensor>> mine;
+    for (auto& [name, t] : transforms_[b].state()) mine.emplace_back(name, take("b" + std::to_string(b) + "." + name));
+    transforms_[b].load_state(mine);
+  }
+  if (optimizer_) {
+    std::size_t k = 0;
+    for (const auto& group : optimizer_->param_groups()) {
+      for (const auto& p : group.params()) {
+        const std::string key = "adamw." + std::to_string(k++);
+        if (!by_name.count(key + ".step")) continue;
+        auto st = std::make_unique<torch::optim::AdamWParamState>();
+        st->step(take(key + ".step").item<std::int64_t>());
+        st->exp_avg(take(key + ".exp_avg").clone());
+        st->exp_avg_sq(take(key + ".exp_avg_sq").clone());
+        optimizer_->state()[c10::guts::to_string(p.unsafeGetTensorImpl())] = std::move(st);
+      }
+    }
+  }
+  projections_ = take("trainer.projections").item<std::int64_t>();
+}
+
+UnitResult calibrate_unit(const storage::LlamaConfig& c, const std::vector<BlockWeights>& fp, const at::Tensor& x_q,
+                          const at::Tensor& y_fp, const at::Tensor& y_fp2, const std::vector<ActStats>& stats,
+                          const std::vector<CalibOptions>& options, const RopeTables& rope, const std::string& label,
+                          TeamReducer* reducer, const DataSplit* split_in, const StopControl* stop) {
+  UnitTrainer trainer(c, fp, stats, options, rope, reducer);
+  const CalibOptions& o = options.front();
+  const std::vector<ActQuantSpec> acts = act_specs(options);
   const bool has_data = x_q.defined() && x_q.numel() > 0;
   const DataSplit split = split_in ? *split_in : DataSplit::single(has_data ? x_q.size(0) : 0, std::max<std::int64_t>(1, o.batch_size));
   const std::int64_t bs = split.local_batch;
   const std::int64_t global_elements = has_data ? split.global_samples * (x_q.numel() / x_q.size(0)) : 0;
-  double initial = 0;
-  if (has_data) initial = team_mse(c, tr.fake_quantized(fp), x_q, y_fp, rope, o.acts, bs, reducer, global_elements);
+  UnitResult r;
+  if (has_data) r.initial_loss = team_mse(c, trainer.fake_quantized(), x_q, y_fp, rope, acts, bs, reducer, global_elements);
 
-  std::vector<double> epoch_loss;
   if (has_data && o.epochs > 0 && trainer.trainable()) {
     const std::int64_t steps = split.global_samples / split.global_batch;
     QF_CHECK(steps > 0, "batch size larger than the number of calibration samples");
     auto start = std::chrono::steady_clock::now();
-    for (int e = 0; e < o.epochs; ++e) {
+    int first_epoch = 0;
+    std::int64_t first_step = 0;
+    double first_sum = 0;
+    if (stop && stop->resume) {
+      // Computed above from the fresh initialisation, so initial_loss is what the first attempt reported.
+      trainer.load_state(stop->resume->state);
+      r.epoch_loss = stop->resume->epoch_loss;
+      first_epoch = stop->resume->epoch;
+      first_step = stop->resume->step;
+      first_sum = stop->resume->epoch_sum;
+      QF_LOG(Warn) << label << " resumes at epoch " << (first_epoch + 1) << " step " << first_step << " from its checkpoint";
+    }
+    for (int e = first_epoch; e < o.epochs; ++e) {
       trainer.begin_epoch(e);
-      double sum = 0;
-      for (std::int64_t s = 0; s < steps; ++s) {
+      double sum = e == first_epoch ? first_sum : 0;
+      for (std::int64_t s = e == first_epoch ? first_step : 0; s < steps; ++s) {
         auto rows = [&](const at::Tensor& t) { return t.defined() ? t.slice(0, s * bs, (s + 1) * bs) : t; };
-        sum += trainer.step(rows(x_q), rows(y_fp), rows(y_fp2), label, split.global_batch);
+        bool vote = stop && stop->requested && stop->requested();
+        sum += trainer.step(rows(x_q), rows(y_fp), rows(y_fp2), label, split.global_batch, &vote);
+        if (vote) {
+          UnitCheckpoint ck;
+          ck.epoch = e;
+          ck.step = s + 1;
+          ck.epoch_sum = sum;
+          ck.epoch_loss = r.epoch_loss;
+          ck.state = trainer.state();
+          throw UnitStopped(std::move(ck));
+        }
       }
-      epoch_loss.push_back(sum / static_cast<double>(steps));
+      r.epoch_loss.push_back(sum / static_cast<double>(steps));
       double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      QF_LOG(Info) << label << " epoch " << (e + 1) << "/" << o.epochs << " loss " << epoch_loss.back() << " ("
-                   << coordinator::format_duration(elapsed) << ", block ETA "
+      QF_LOG(Info) << label << " epoch " << (e + 1) << "/" << o.epochs << " loss " << r.epoch_loss.back() << " ("
+                   << coordinator::format_duration(elapsed) << ", unit ETA "
                    << coordinator::format_duration(coordinator::estimate_eta_seconds(e + 1, o.epochs, elapsed)) << ")";
     }
     // The fold uses the last epoch's mask, which is what training ended with.
     trainer.begin_epoch(o.epochs - 1);
   }
-  BlockResult r = finalize_block(fp, tr, o.weights);
-  r.epoch_loss = std::move(epoch_loss);
-  r.initial_loss = initial;
+  std::vector<BlockWeights> folded;
+  for (int b = 0; b < trainer.blocks(); ++b) {
+    BlockResult br = finalize_block(fp[static_cast<std::size_t>(b)], trainer.transforms(b), options[static_cast<std::size_t>(b)].weights);
+    br.transform_state = trainer.transforms(b).state();
+    folded.push_back(br.weights);
+    r.blocks.push_back(std::move(br));
+  }
   r.projections = trainer.projections();
-  r.transform_state = tr.state();
-  if (has_data) r.final_loss = team_mse(c, r.weights, x_q, y_fp, rope, o.acts, bs, reducer, global_elements);
+  if (has_data) r.final_loss = team_mse(c, folded, x_q, y_fp, rope, acts, bs, reducer, global_elements);
   if (r.projections > 0) {
     QF_LOG(Warn) << label << ": restored strict diagonal dominance " << r.projections
                  << " times (off-diagonals shrunk to 0.99 of the diagonal)";
   }
   return r;
+}
+
+BlockResult calibrate_block(const storage::LlamaConfig& c, const BlockWeights& fp, const at::Tensor& x_q,
+                            const at::Tensor& y_fp, const at::Tensor& y_fp2, const ActStats& stats,
+                            const CalibOptions& o, const RopeTables& rope, const std::string& label,
+                            TeamReducer* reducer, const DataSplit* split) {
+  UnitResult u = calibrate_unit(c, {fp}, x_q, y_fp, y_fp2, {stats}, {o}, rope, label, reducer, split);
+  BlockResult r = std::move(u.blocks.front());
+  r.epoch_loss = std::move(u.epoch_loss);
+  r.initial_loss = u.initial_loss;
+  r.final_loss = u.final_loss;
+  r.projections = u.projections;
+  return r;
+}
+
+ProbeResult probe_block(const storage::LlamaConfig& c, const BlockWeights& fp, const at::Tensor& x_fp, CalibOptions o,
+                        int epochs, const RopeTables& rope, const std::string& label) {
+  QF_CHECK(x_fp.defined() && x_fp.size(0) > 0, "a probe needs FP-stream inputs");
+  o.epochs = epochs;
+  o.batch_size = std::min<std::int64_t>(std::max<std::int64_t>(1, o.batch_size), x_fp.size(0));
+  ActStats stats;
+  const at::Tensor y = map_batches(x_fp, o.batch_size, [&](const at::Tensor& x) { return accumulate_act_stats(c, fp, x, rope, stats); });
+  // On FP inputs the FP block on the "quantized" stream is the target itself.
+  const BlockResult r = calibrate_block(c, fp, x_fp, y, o.aug_loss ? y : at::Tensor(), stats, o, rope, label);
+  ProbeResult p;
+  p.loss = r.final_loss;
+  p.energy = y.pow(2).mean().item<double>();
+  p.normalized = p.energy > 0 ? p.loss / p.energy : 0.0;
+  p.epoch_loss = r.epoch_loss;
+  return p;
 }
 
 }  // namespace qforge::worker

@@ -1,7 +1,7 @@
-// Calibration of one block (algorithms.md §1.5): train the block's transforms and clipping so that the
-// quantized block, fed the quantized-model stream, reproduces the FP block's output on the FP-model
-// stream (MSE at the block output, optional aug_loss), then fold the transforms into the weights and
-// quantize them for good.
+// Calibration of one unit (algorithms.md §1.5; a unit is one block, or several for MRECG joint
+// reconstruction, §4.6): train the unit's transforms and clipping so that the quantized unit, fed the
+// quantized-model stream, reproduces the FP unit's output on the FP-model stream (MSE at the unit
+// output, optional aug_loss), then fold the transforms into each block's weights and quantize them.
 //
 // The result holds, per linear, the integer codes, fp16 scales and zero points, and the fake-quant
 // weights rebuilt from exactly those numbers (so export loses nothing).
@@ -78,35 +78,51 @@ struct BlockResult {
   std::vector<std::pair<std::string, at::Tensor>> transform_state;  // trained transforms and clipping
 };
 
-// One block's optimisation state: transforms, clipping and the AdamW optimiser (two parameter groups,
-// transforms at let_lr and clipping at lwc_lr, weight decay 0). step() is one optimiser step on one
-// batch; calibrate_block drives it over epochs, benchmarks drive it directly.
-class BlockTrainer {
+// A unit's optimisation state: one or more consecutive blocks trained as one (MRECG joint units,
+// algorithms.md §4.6): the union of every block's transforms and clipping under one AdamW optimiser
+// (two parameter groups, all transforms at let_lr and all clipping at lwc_lr, weight decay 0), the
+// blocks chained with activation quantization and ONE loss at the unit output. A one-block unit is the
+// plain block-wise case. Unit-wide settings (epochs, batch, learning rates, aug_loss) come from the
+// first block's options; weight and activation quantization are per block (per-block overrides).
+// step() is one optimiser step on one batch; calibrate_unit drives it over epochs, benchmarks directly.
+class UnitTrainer {
  public:
-  // `reducer` (may be null: one rank) all-reduces gradients and the loss after every backward pass.
-  BlockTrainer(const storage::LlamaConfig& config, const BlockWeights& fp, const ActStats& stats,
-               const CalibOptions& options, const RopeTables& rope, TeamReducer* reducer = nullptr);
-  ~BlockTrainer();
+  // `fp`, `options` and `stats` hold one entry per block; `fp` must outlive the trainer. `reducer`
+  // (may be null: one rank) all-reduces gradients and the loss after every backward pass.
+  UnitTrainer(const storage::LlamaConfig& config, const std::vector<BlockWeights>& fp, const std::vector<ActStats>& stats,
+              const std::vector<CalibOptions>& options, const RopeTables& rope, TeamReducer* reducer = nullptr);
+  ~UnitTrainer();
+  // Rebuilds every block's masks for epoch e together (AffineQuant's gradual band, §2.3).
   void begin_epoch(int epoch);
-  // Forward with fake-quantized transformed weights and activation quantization, squared error to y
-  // (+ y2 with aug_loss) divided by the elements of the GLOBAL batch (`global_rows` sequences; this
-  // rank holds x.size(0) of them), backward, gradient all-reduce, AdamW step, diagonal-dominance
-  // restoration. Summed over the team this is exactly the MSE of the whole batch and its gradient.
-  // Returns the team's loss; throws InternalError naming `label` on a non-finite loss (on every rank
-  // alike, since the check follows the all-reduce).
+  // Forward through every block with fake-quantized transformed weights and activation quantization,
+  // squared error to y (+ y2 with aug_loss) divided by the elements of the GLOBAL batch (`global_rows`
+  // sequences; this rank holds x.size(0) of them), backward, gradient all-reduce, AdamW step,
+  // diagonal-dominance restoration. Summed over the team this is exactly the MSE of the whole batch
+  // and its gradient. Returns the team's loss; throws InternalError naming `label` on a non-finite
+  // loss (on every rank alike, since the check follows the all-reduce).
+  // `stop_vote` (optional): this rank's wish to stop after this step; on return, whether any rank of the
+  // team wished it (summed inside the step's all-reduce, so every rank decides alike at the same step).
   double step(const at::Tensor& x, const at::Tensor& y, const at::Tensor& y2, const std::string& label,
-              std::int64_t global_rows = -1);
-  BlockTransforms& transforms() { return transforms_; }
+              std::int64_t global_rows = -1, bool* stop_vote = nullptr);
+  // Everything the rest of training depends on, named: every block's transforms and clipping
+  // ("b<i>.<name>"), the AdamW moments and step counts in optimiser order ("adamw.<k>.exp_avg",
+  // ".exp_avg_sq", ".step") and the projection count. load_state() restores it in place.
+  std::vector<std::pair<std::string, at::Tensor>> state() const;
+  void load_state(const std::vector<std::pair<std::string, at::Tensor>>& state);
+  int blocks() const { return static_cast<int>(transforms_.size()); }
+  BlockTransforms& transforms(int block) { return transforms_.at(static_cast<std::size_t>(block)); }
+  // Every block's fake-quantized weights (differentiable).
+  std::vector<BlockWeights> fake_quantized() const;
   std::int64_t projections() const { return projections_; }
   bool trainable() const;
 
  private:
   const storage::LlamaConfig& config_;
-  const BlockWeights& fp_;
-  CalibOptions options_;
+  const std::vector<BlockWeights>& fp_;
+  std::vector<CalibOptions> options_;
   const RopeTables& rope_;
   TeamReducer* reducer_;
-  BlockTransforms transforms_;
+  std::vector<BlockTransforms> transforms_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::int64_t projections_ = 0;
   int epoch_ = 0;
@@ -116,20 +132,93 @@ class BlockTrainer {
 // Runs `fn` over [n, L, H] in batches of `batch` sequences under no_grad and concatenates.
 at::Tensor map_batches(const at::Tensor& x, std::int64_t batch, const std::function<at::Tensor(const at::Tensor&)>& fn);
 
-// x_q: quantized-stream inputs [n, L, H]; y_fp: FP block outputs on the FP stream; y_fp2: FP block on
-// x_q (only with aug_loss). Without training (RTN, or epochs = 0) x_q may be empty: only the weights
-// are quantized. `label` names the block in logs and errors. With a team, the tensors hold this
-// rank's rows laid out as `split` says, `stats` must already be the team's maxima, and every rank
-// returns the same result (losses are team-wide).
+// The blocks of a unit applied in order (no gradient), block i with activation spec acts[i] (empty:
+// no activation quantization).
+at::Tensor chain_forward(const storage::LlamaConfig& config, const std::vector<BlockWeights>& blocks, const at::Tensor& x,
+                         const RopeTables& rope, const std::vector<ActQuantSpec>& acts = {});
+
+// A mid-unit checkpoint: where training stopped and the trainer's state there. Continuing from it
+// gives the same result, bit for bit, as never stopping (the data and its order are the same).
+struct UnitCheckpoint {
+  int epoch = 0;                    // epoch to continue (0-based)
+  std::int64_t step = 0;            // optimiser steps of that epoch already done
+  double epoch_sum = 0;             // sum of their losses
+  std::vector<double> epoch_loss;   // finished epochs' mean losses
+  std::vector<std::pair<std::string, at::Tensor>> state;  // UnitTrainer::state()
+};
+
+// Stop control for calibrate_unit: `requested` is polled before every optimiser step (this rank's
+// view; the team agrees through the step's all-reduce) and `resume` continues a checkpoint.
+struct StopControl {
+  std::function<bool()> requested;
+  const UnitCheckpoint* resume = nullptr;
+};
+
+// Thrown by calibrate_unit when the team agreed to stop: the checkpoint after the last step taken.
+class UnitStopped : public std::exception {
+ public:
+  explicit UnitStopped(UnitCheckpoint c) : checkpoint(std::move(c)) {}
+  const char* what() const noexcept override { return "unit stopped at a checkpoint"; }
+  UnitCheckpoint checkpoint;
+};
+
+struct UnitResult {
+  std::vector<BlockResult> blocks;      // per block: folded and quantized (losses live here, below)
+  std::vector<double> epoch_loss;       // mean training loss per epoch (unit output)
+  double initial_loss = 0.0;            // unit-output MSE of the untrained quantized unit (all samples)
+  double final_loss = 0.0;              // unit-output MSE of the folded, quantized unit (all samples)
+  std::int64_t projections = 0;         // rows restored to diagonal dominance
+};
+
+// x_q: quantized-stream inputs [n, L, H] of the unit's first block; y_fp: FP unit outputs on the FP
+// stream; y_fp2: FP unit on x_q (only with aug_loss). Without training (RTN, or epochs = 0) x_q may be
+// empty: only the weights are quantized. `label` names the unit in logs and errors. With a team, the
+// tensors hold this rank's rows laid out as `split` says, every block's `stats` must already be the
+// team's maxima, and every rank returns the same result (losses are team-wide).
+UnitResult calibrate_unit(const storage::LlamaConfig& config, const std::vector<BlockWeights>& fp, const at::Tensor& x_q,
+                          const at::Tensor& y_fp, const at::Tensor& y_fp2, const std::vector<ActStats>& stats,
+                          const std::vector<CalibOptions>& options, const RopeTables& rope, const std::string& label,
+                          TeamReducer* reducer = nullptr, const DataSplit* split = nullptr,
+                          const StopControl* stop = nullptr);
+
+// calibrate_unit for a unit of one block; the result carries the unit's losses.
 BlockResult calibrate_block(const storage::LlamaConfig& config, const BlockWeights& fp, const at::Tensor& x_q,
                             const at::Tensor& y_fp, const at::Tensor& y_fp2, const ActStats& stats,
                             const CalibOptions& options, const RopeTables& rope, const std::string& label,
                             TeamReducer* reducer = nullptr, const DataSplit* split = nullptr);
 
-// Team-wide mean squared error of block(x) against y over all rows (this rank's partial sum reduced).
-double team_mse(const storage::LlamaConfig& config, const BlockWeights& w, const at::Tensor& x, const at::Tensor& y,
-                const RopeTables& rope, const ActQuantSpec& act, std::int64_t batch, TeamReducer* reducer,
-                std::int64_t global_elements);
+// Team-wide mean squared error of the unit `blocks`(x) against y over all rows (this rank's partial
+// sum reduced).
+double team_mse(const storage::LlamaConfig& config, const std::vector<BlockWeights>& blocks, const at::Tensor& x,
+                const at::Tensor& y, const RopeTables& rope, const std::vector<ActQuantSpec>& acts, std::int64_t batch,
+                TeamReducer* reducer, std::int64_t global_elements);
+
+// The oscillation curve inside a unit: for every block i, the team-wide MSE between the quantized
+// chain (on x_q, with activation quantization) and the FP chain (on x_fp) at block i's output, and the
+// FP output's mean energy mean(y_fp,i²), so loss / energy is the normalised loss ℓ_i of algorithms.md §4.6.
+struct ChainLoss {
+  double mse = 0.0;
+  double energy = 0.0;
+  double normalized() const { return energy > 0 ? mse / energy : 0.0; }
+};
+std::vector<ChainLoss> chain_losses(const storage::LlamaConfig& config, const std::vector<BlockWeights>& fp,
+                                    const std::vector<BlockWeights>& quantized, const at::Tensor& x_fp,
+                                    const at::Tensor& x_q, const RopeTables& rope, const std::vector<ActQuantSpec>& acts,
+                                    std::int64_t batch, TeamReducer* reducer, std::int64_t global_elements);
+
+// Data-dependent module capacity (MRECG, algorithms.md §4.2/§4.6) of one block from a probe on FP-stream
+// inputs x_fp: the block is calibrated with `epochs` epochs (0: the method's initialisation only,
+// forward only) and its folded, quantized output compared with the FP output. A larger normalised loss
+// means a smaller capacity. Probing on FP inputs (not the quantized stream) measures the block alone,
+// so every block's probe is independent and probes run in parallel.
+struct ProbeResult {
+  double loss = 0.0;        // MSE of the quantized block's output against the FP block's
+  double energy = 0.0;      // mean(y_fp²)
+  double normalized = 0.0;  // loss / energy: ℓ_i
+  std::vector<double> epoch_loss;
+};
+ProbeResult probe_block(const storage::LlamaConfig& config, const BlockWeights& fp, const at::Tensor& x_fp,
+                        CalibOptions options, int epochs, const RopeTables& rope, const std::string& label);
 
 // Folds `transforms` into `fp` and quantizes the seven linears (no gradient).
 BlockResult finalize_block(const BlockWeights& fp, const BlockTransforms& transforms, const WeightQuantSpec& spec);

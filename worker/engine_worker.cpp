@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <atomic>
+#include <cstdio>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -122,9 +123,13 @@ class Worker {
       if (msg.type == "shutdown") return exit_of(protocol::shutdown_from(msg));
       const protocol::Task task = protocol::task_from(msg);
       try {
-        protocol::Done done = task.kind == "fp_pass" ? run_fp_pass(task) : run_unit(task);
+        if (task.kind == "probe") {
+          run_probes(task);  // reports every block itself
+        } else {
+          protocol::Done done = task.kind == "fp_pass" ? run_fp_pass(task) : run_unit(task);
+          control_.send(0, protocol::kTagToCoordinator, protocol::encode(done));
+        }
         heartbeat_.set(-1, "idle");
-        control_.send(0, protocol::kTagToCoordinator, protocol::encode(done));
         fault_point("after_done");
       } catch (const JobAborted& e) {
         QF_LOG(Warn) << e.what();
@@ -139,19 +144,31 @@ class Worker {
  private:
   protocol::Message wait_for_coordinator() {
     for (;;) {
-      if (auto m = control_.try_recv(0, protocol::kTagToWorker)) return protocol::decode(m->second, 0);
+      if (auto m = control_.try_recv(0, protocol::kTagToWorker)) {
+        protocol::Message msg = protocol::decode(m->second, 0);
+        if (msg.type == "checkpoint") continue;  // for a unit this rank already finished: nothing to stop
+        return msg;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
   }
 
   static WorkerExit exit_of(const protocol::Shutdown& s) {
-    return s.ok ? WorkerExit::kOk : s.abort ? WorkerExit::kAborting : WorkerExit::kFailed;
+    if (s.ok) return WorkerExit::kOk;
+    if (s.abort) return WorkerExit::kAborting;
+    return s.exit_code == kExitStopped ? WorkerExit::kStopped : WorkerExit::kFailed;
   }
 
-  // Called while waiting on team peers: a SHUTDOWN from the coordinator ends the wait.
+  // Called while waiting on team peers and before every optimiser step: a SHUTDOWN from the
+  // coordinator ends the wait; a CHECKPOINT of the running unit is noted for the next step's vote.
   void poll_for_shutdown() {
-    if (auto m = control_.try_recv(0, protocol::kTagToWorker)) {
+    while (auto m = control_.try_recv(0, protocol::kTagToWorker)) {
       const protocol::Message msg = protocol::decode(m->second, 0);
+      if (msg.type == "checkpoint") {
+        const protocol::Checkpoint c = protocol::checkpoint_from(msg);
+        if (c.unit == running_.unit && c.attempt == running_.attempt) checkpoint_requested_ = true;
+        continue;
+      }
       QF_CHECK(msg.type == "shutdown", "unexpected " + msg.type + " while a unit runs");
       const protocol::Shutdown sd = protocol::shutdown_from(msg);
       JobAborted e("stopped by the coordinator: " + sd.reason);
@@ -216,41 +233,85 @@ class Worker {
     at::Tensor x = embedded(task.samples);
     std::vector<std::string> files;
     const std::int64_t batch = std::max<std::int64_t>(1, s_.batch_size);
-    for (std::size_t u = 0; u + 1 < s_.units.size(); ++u) {
-      const auto [first, count] = s_.units[u];
-      for (int b = first; b < first + count; ++b) {
-        BlockWeights w = BlockWeights::load(model_->checkpoint(), cfg, b, at::kFloat, at::kCPU);
-        x = map_batches(x, batch, [&](const at::Tensor& xb) { return block_forward(cfg, w, xb, rope_); });
-      }
-      x = storage::round_to_cache_dtype(x, s_.cache_dtype);
-      files.push_back(write_slice(static_cast<int>(u) + 1, "fp", task.attempt, control_.rank(), task.samples, x));
+    for (int b = 0; b + 1 < s_.blocks; ++b) {
+      BlockWeights w = BlockWeights::load(model_->checkpoint(), cfg, b, at::kFloat, at::kCPU);
+      x = storage::round_to_cache_dtype(
+          map_batches(x, batch, [&](const at::Tensor& xb) { return block_forward(cfg, w, xb, rope_); }), s_.cache_dtype);
+      files.push_back(write_slice(b + 1, "fp", task.attempt, control_.rank(), task.samples, x));
     }
     protocol::Done d = finish(task, static_cast<std::int64_t>(task.samples.size()), t0);
     d.files = files;
     return d;
   }
 
+  // The FP-stream rows `rows` at block boundary `boundary` (embeddings at 0), from those of `files`
+  // that hold that boundary.
+  at::Tensor fp_stream(int boundary, const std::vector<std::string>& files, const std::vector<std::int64_t>& rows) {
+    if (boundary == 0) return embedded(rows);
+    std::vector<std::string> mine;
+    const std::string prefix = storage::JobDir::cache_file_name(boundary, "fp", 0, 0).substr(0, 6);  // "bNNNN-"
+    for (const auto& f : files) {
+      if (f.rfind(prefix, 0) == 0) mine.push_back(f);
+    }
+    return storage::read_activation_rows(cache_paths(mine), meta(boundary, "fp"), rows, &bytes_read_);
+  }
+
+  void run_probes(const protocol::Task& task) {
+    const auto& cfg = model_->config();
+    for (int b : task.blocks) {
+      const auto t0 = Clock::now();
+      heartbeat_.set(b, "probe");
+      fault_point("probe");
+      const at::Tensor x = fp_stream(b, task.x_fp_files, task.samples);
+      const BlockWeights fp = BlockWeights::load(model_->checkpoint(), cfg, b, at::kFloat, at::kCPU);
+      const ProbeResult p = probe_block(cfg, fp, x, s_.block_options.at(static_cast<std::size_t>(b)), s_.probe_epochs, rope_,
+                                        "probe of block " + std::to_string(b));
+      protocol::Task t = task;
+      t.unit = b;
+      protocol::Done d = finish(t, static_cast<std::int64_t>(task.samples.size()), t0);
+      d.report = {{"block", b}, {"loss", p.loss}, {"energy", p.energy}, {"capacity_loss", p.normalized},
+                  {"epochs", s_.probe_epochs}, {"epoch_loss", p.epoch_loss}};
+      control_.send(0, protocol::kTagToCoordinator, protocol::encode(d));
+    }
+  }
+
   protocol::Done run_unit(const protocol::Task& task) {
     const auto t0 = Clock::now();
     const int u = task.unit;
-    const auto [block, nblocks] = s_.units.at(static_cast<std::size_t>(u));
-    QF_CHECK(nblocks == 1, "joint units of several blocks are not supported by this engine yet");
-    const std::string label = "unit " + std::to_string(u) + " (block " + std::to_string(block) + ")";
+    const int block = task.first_block, nblocks = task.num_blocks;
+    QF_CHECK(nblocks >= 1 && block >= 0 && block + nblocks <= s_.blocks, "unit " + std::to_string(u) + " names blocks outside the model");
+    const std::string label = "unit " + std::to_string(u) + " (block" +
+                              (nblocks > 1 ? "s " + std::to_string(block) + "-" + std::to_string(block + nblocks - 1)
+                                           : " " + std::to_string(block)) + ")";
     heartbeat_.set(u, "load");
+    running_ = task;  // from here on a CHECKPOINT for this assignment may arrive (and is kept for the first step)
+    checkpoint_requested_ = false;
     const int K = static_cast<int>(task.team_ranks.size());
     QF_CHECK(K == team_.size(), "assignment team size differs from this rank's team");
     const int r = team_.rank();
     QF_CHECK(task.team_ranks.at(static_cast<std::size_t>(r)) == control_.rank(), "team rank order mismatch");
     const auto& cfg = model_->config();
-    const CalibOptions& co = s_.block_options.at(static_cast<std::size_t>(block));
+    std::vector<CalibOptions> options;
+    std::vector<BlockWeights> fp;
+    json block_list = json::array(), bits = json::array(), act_bits = json::array();
+    for (int b = block; b < block + nblocks; ++b) {
+      options.push_back(s_.block_options.at(static_cast<std::size_t>(b)));
+      block_list.push_back(b);
+      bits.push_back(options.back().weights.bits);
+      act_bits.push_back(options.back().acts.bits);
+    }
+    std::vector<ActQuantSpec> acts;
+    for (const auto& o : options) acts.push_back(o.acts);
     MpiTeamReducer reducer(team_, std::chrono::duration<double>(s_.collective_timeout_s), [this] { poll_for_shutdown(); }, label);
     fault_point("unit_start");
 
-    BlockWeights fp = BlockWeights::load(model_->checkpoint(), cfg, block, at::kFloat, at::kCPU);
-    BlockResult res;
+    for (int b = block; b < block + nblocks; ++b) fp.push_back(BlockWeights::load(model_->checkpoint(), cfg, b, at::kFloat, at::kCPU));
+    UnitResult res;
     std::vector<std::int64_t> rows;
     std::vector<std::string> files;
-    json report = {{"unit", u}, {"blocks", {block}}, {"bits", co.weights.bits}, {"act_bits", co.acts.bits}};
+    // One-block units keep the scalar form of bits and act_bits.
+    json report = {{"unit", u}, {"blocks", block_list}, {"bits", nblocks == 1 ? bits[0] : bits},
+                   {"act_bits", nblocks == 1 ? act_bits[0] : act_bits}};
     if (s_.needs_data) {
       rows = partition::team_rows(s_.samples, s_.batch_size, K, r);
       const std::int64_t lb = partition::local_batch(s_.batch_size, K, r);
@@ -266,32 +327,62 @@ class Worker {
                   : storage::read_activation_rows(cache_paths(task.x_q_files), meta(task.input_boundary, "q"), rows, &bytes_read_);
       }
       heartbeat_.set(u, "train");
-      ActStats stats;
-      at::Tensor y_fp = map_batches(x_fp, lb, [&](const at::Tensor& x) { return accumulate_act_stats(cfg, fp, x, rope_, stats); });
-      std::vector<at::Tensor> st{stats.qkv, stats.o, stats.fc1};
-      reducer.max(st);
+      // Statistics of every block on the FP stream inside the unit, and the FP target at its output.
+      std::vector<ActStats> stats(static_cast<std::size_t>(nblocks));
+      at::Tensor y_fp = x_fp;
+      for (int i = 0; i < nblocks; ++i) {
+        y_fp = map_batches(y_fp, lb, [&](const at::Tensor& x) { return accumulate_act_stats(cfg, fp[static_cast<std::size_t>(i)], x, rope_, stats[static_cast<std::size_t>(i)]); });
+        std::vector<at::Tensor> st{stats[static_cast<std::size_t>(i)].qkv, stats[static_cast<std::size_t>(i)].o, stats[static_cast<std::size_t>(i)].fc1};
+        reducer.max(st);
+      }
       at::Tensor y_fp2;
-      if (co.aug_loss) y_fp2 = map_batches(x_q, lb, [&](const at::Tensor& x) { return block_forward(cfg, fp, x, rope_); });
+      if (options.front().aug_loss) y_fp2 = map_batches(x_q, lb, [&](const at::Tensor& x) { return chain_forward(cfg, fp, x, rope_); });
       const DataSplit split{s_.samples, s_.batch_size, lb};
-      res = calibrate_block(cfg, fp, x_q, y_fp, y_fp2, stats, co, rope_, label, &reducer, &split);
+      UnitCheckpoint resume;
+      StopControl stop;
+      stop.requested = [this] {
+        poll_for_shutdown();
+        return checkpoint_requested_;
+      };
+      if (!task.resume_from.empty()) {
+        resume = read_checkpoint(task);
+        stop.resume = &resume;
+      }
+      try {
+        res = calibrate_unit(cfg, fp, x_q, y_fp, y_fp2, stats, options, rope_, label, &reducer, &split, &stop);
+      } catch (const UnitStopped& stopped) {
+        return checkpointed(task, stopped.checkpoint, static_cast<std::int64_t>(rows.size()), t0);
+      }
       report["initial_loss"] = res.initial_loss;
       report["final_loss"] = res.final_loss;
       report["epoch_loss"] = res.epoch_loss;
       report["diagonal_dominance_projections"] = res.projections;
+      // The oscillation curve: every block's normalised loss at its own output, inside the unit too.
+      std::vector<BlockWeights> quantized;
+      for (const auto& br : res.blocks) quantized.push_back(br.weights);
+      const std::int64_t elements = s_.samples * s_.seqlen * cfg.hidden_size;
+      json curve = json::array();
+      for (const auto& cl : chain_losses(cfg, fp, quantized, x_fp, x_q, rope_, acts, lb, &reducer, elements)) {
+        curve.push_back({{"mse", cl.mse}, {"energy", cl.energy}, {"normalized", cl.normalized()}});
+      }
+      report["block_losses"] = curve;
       if (task.write_next || task.last_unit) {
         heartbeat_.set(u, "write");
         at::Tensor q_next = storage::round_to_cache_dtype(
-            map_batches(x_q, lb, [&](const at::Tensor& x) { return block_forward(cfg, res.weights, x, rope_, co.acts); }),
+            map_batches(x_q, lb, [&](const at::Tensor& x) { return chain_forward(cfg, quantized, x, rope_, acts); }),
             s_.cache_dtype);
+        const int next = block + nblocks;
         if (task.write_next) {
-          files.push_back(write_slice(u + 1, "fp", task.attempt, r, rows, storage::round_to_cache_dtype(y_fp, s_.cache_dtype)));
-          files.push_back(write_slice(u + 1, "q", task.attempt, r, rows, q_next));
+          files.push_back(write_slice(next, "fp", task.attempt, r, rows, storage::round_to_cache_dtype(y_fp, s_.cache_dtype)));
+          files.push_back(write_slice(next, "q", task.attempt, r, rows, q_next));
         }
         if (task.last_unit) report["calibration_mean_nll"] = calibration_nll(q_next, rows, reducer);
       }
     } else {
-      BlockTransforms none(cfg, fp, {}, co.transform, co.weights);
-      res = finalize_block(fp, none, co.weights);
+      for (std::size_t i = 0; i < fp.size(); ++i) {
+        BlockTransforms none(cfg, fp[i], {}, options[i].transform, options[i].weights);
+        res.blocks.push_back(finalize_block(fp[i], none, options[i].weights));
+      }
     }
 
     protocol::Done d = finish(task, static_cast<std::int64_t>(rows.size()), t0);
@@ -301,13 +392,56 @@ class Worker {
       fs::create_directories(s_.job.units_dir());
       const fs::path shard = s_.job.unit_shard(u);
       fault_point("shard_write");
-      storage::write_safetensors(shard, block_result_tensors(block, res),
+      std::vector<std::pair<std::string, at::Tensor>> tensors;
+      for (int i = 0; i < nblocks; ++i) {
+        for (auto& t : block_result_tensors(block + i, res.blocks[static_cast<std::size_t>(i)])) tensors.push_back(std::move(t));
+      }
+      storage::write_safetensors(shard, tensors,
                                  {{"format", "pt"}, {"qforge_unit", std::to_string(u)}, {"qforge_report", report.dump()}});
       d.shard = shard.filename().string();
       d.digest = sha256_file(shard);
       d.report = report;
     }
     return d;
+  }
+
+  // A mid-unit checkpoint: units/unit-NNNNN.ckpt-aAAAAAA.safetensors (per attempt, so a checkpoint a
+  // later attempt resumes from is never overwritten), written by the team leader; every member then
+  // reports the unit stopped.
+  protocol::Done checkpointed(const protocol::Task& task, const UnitCheckpoint& ck, std::int64_t rows, Clock::time_point t0) {
+    protocol::Done d = finish(task, rows, t0);
+    d.stopped = true;
+    d.report = {{"epoch", ck.epoch}, {"step", ck.step}};
+    if (team_.rank() == 0) {
+      heartbeat_.set(task.unit, "checkpoint");
+      char name[64];
+      std::snprintf(name, sizeof name, "unit-%05d.ckpt-a%06lld.safetensors", task.unit, static_cast<long long>(task.attempt));
+      const fs::path path = s_.job.units_dir() / name;
+      const json meta = {{"unit", task.unit}, {"epoch", ck.epoch}, {"step", ck.step}, {"epoch_sum", ck.epoch_sum},
+                         {"epoch_loss", ck.epoch_loss}};
+      storage::write_safetensors(path, ck.state, {{"format", "pt"}, {"qforge_checkpoint", meta.dump()}});
+      d.shard = name;
+      d.digest = sha256_file(path);
+    }
+    QF_LOG(Info) << "unit " << task.unit << " stopped at epoch " << (ck.epoch + 1) << " step " << ck.step
+                 << (team_.rank() == 0 ? ", checkpoint " + d.shard : "");
+    return d;
+  }
+
+  UnitCheckpoint read_checkpoint(const protocol::Task& task) const {
+    const fs::path path = s_.job.units_dir() / task.resume_from;
+    if (sha256_file(path) != task.resume_digest) {
+      throw InputError(path.string(), "", "checkpoint does not match the digest in the journal (modified or corrupted)");
+    }
+    const storage::SafetensorsFile f(path);
+    const json meta = json::parse(f.metadata().at("qforge_checkpoint"));
+    UnitCheckpoint ck;
+    ck.epoch = meta.at("epoch").get<int>();
+    ck.step = meta.at("step").get<std::int64_t>();
+    ck.epoch_sum = meta.at("epoch_sum").get<double>();
+    ck.epoch_loss = meta.at("epoch_loss").get<std::vector<double>>();
+    for (const auto& t : f.tensors()) ck.state.emplace_back(t.name, f.load(t.name));
+    return ck;
   }
 
   // Mean next-token NLL of the in-memory quantized model on the calibration windows (team-wide):
@@ -335,6 +469,8 @@ class Worker {
   at::Tensor ids_;
   RopeTables rope_;
   std::uint64_t bytes_written_ = 0, bytes_read_ = 0;
+  protocol::Task running_;               // the unit in flight (CHECKPOINT requests name it)
+  bool checkpoint_requested_ = false;
 };
 
 }  // namespace

@@ -7,8 +7,11 @@
 // A unit task: read this rank's rows of the unit's input streams (embeddings at boundary 0, else the
 // HDF5 cache), calibrate with the team (data-parallel: every optimiser step's global batch split over
 // the team, gradients all-reduced), cache the next boundary's streams (sequential mode), and, on the
-// team leader, write the unit's result shard atomically. An FP-pass task (independent mode) forwards
-// the FP model over this rank's samples and caches the FP stream at every unit boundary.
+// team leader, write the unit's result shard atomically. A unit of several blocks (MRECG joint unit)
+// is trained as one (worker/calibrator.h); only its input and output boundaries touch the cache. An
+// FP-pass task forwards the FP model over this rank's samples and caches the FP stream at every block
+// boundary (independent mode: all samples; MRECG probes: the probe samples). A probe task measures the
+// module capacity of its blocks on that FP stream and reports each block as soon as it is measured.
 #pragma once
 
 #include <cstdint>
@@ -34,7 +37,8 @@ struct EngineSettings {
   std::int64_t samples = 0, seqlen = 0, batch_size = 1;
   storage::CacheDType cache_dtype = storage::CacheDType::kF32;
   bool needs_data = true;                              // false for RTN: weights only, no activations
-  std::vector<std::pair<int, int>> units;              // unit -> (first block, number of blocks)
+  int blocks = 0;                                      // decoder blocks of the model
+  int probe_epochs = 0;                                // MRECG probes: epochs (0 = initialisation only)
   std::vector<CalibOptions> block_options;             // per block
   double heartbeat_interval_s = 5;
   double collective_timeout_s = 120;                   // longer than the coordinator's heartbeat timeout
@@ -43,6 +47,7 @@ struct EngineSettings {
 enum class WorkerExit {
   kOk,        // SHUTDOWN after a complete job
   kFailed,    // the job stopped (a unit failed); MPI can be finalized normally
+  kStopped,   // a stop signal ended the job at a checkpoint (exit kExitStopped); MPI can be finalized
   kAborting,  // rank 0 is about to MPI_Abort the job (a peer is lost): do not finalize, wait to be ended
 };
 // Runs until SHUTDOWN. `control` is the job's control communicator; `team` this rank's team.

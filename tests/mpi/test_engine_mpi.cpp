@@ -24,7 +24,8 @@ using nlohmann::json;
 using test::shell_quote;
 
 // Small but real: 5 GQA blocks, 12 windows of 64 tokens sampled from the model, global batch 3 (one
-// sequence per rank per step on 3 ranks), AffineQuant W4A4 with 2 epochs.
+// sequence per rank per step on 3 ranks), AffineQuant W4A4 with 2 epochs; block-wise unless a test
+// asks for MRECG joint units (--joint-topk).
 const char* const kJobFlags =
     " --method affinequant --wbits 4 --abits 4 --calib-data model:generate --nsamples 12 --calib-seqlen 64"
     " --batch-size 3 --epochs 2 --log-level warn";
@@ -66,7 +67,8 @@ struct EngineMpi : ::testing::Test {
   test::CommandResult quantize(int np, const std::string& name, const std::string& flags = "", const std::string& env = "") {
     return test::run_command(mpirun(np, env) + test::qforge_binary() + " quantize --model " + shell_quote(model.string()) +
                              " --out " + shell_quote((dir / name / "out").string()) + " --job-dir " +
-                             shell_quote((dir / name / "job").string()) + kJobFlags + " " + flags);
+                             shell_quote((dir / name / "job").string()) + kJobFlags +
+                             (flags.find("--joint-topk") == std::string::npos ? " --joint-topk 0 " : " ") + flags);
   }
   fs::path model, dir;
 };
@@ -155,6 +157,129 @@ TEST_F(EngineMpi, ResumeAfterKillsIsByteIdentical) {
     EXPECT_EQ(done.size(), 5u);
     for (const auto& [u, n] : done) EXPECT_EQ(n, 1) << "unit " << u << " finished twice";
   }
+}
+
+// A stop signal (what Slurm's --signal=B:USR1 warning delivers, here raised by rank 0 itself at its
+// 2nd optimiser step): the unit in flight is checkpointed mid-unit, the job ends with exit code 4, and
+// the rerun continues from the checkpoint to an output identical to an uninterrupted run.
+TEST_F(EngineMpi, StopSignalCheckpointsMidUnitAndTheRerunIsByteIdentical) {
+  QF_REQUIRE_DATA(model);
+  auto ref = quantize(3, "stop-ref");
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  auto stopped = quantize(3, "stop", "", "QFORGE_FAULT=train_step:0:usr1:2");
+  ASSERT_EQ(stopped.exit_code, 4) << stopped.output;
+  json checkpoint;
+  bool stop_requested = false, job_stopped = false;
+  for (const auto& rec : journal_of(dir / "stop/job")) {
+    if (rec["type"] == "stop_requested") stop_requested = true;
+    if (rec["type"] == "unit_checkpoint") checkpoint = rec;
+    if (rec["type"] == "job_stopped") job_stopped = true;
+    EXPECT_NE(rec["type"], "unit_done") << "the stop came in unit 0's second step";
+  }
+  EXPECT_TRUE(stop_requested && job_stopped);
+  ASSERT_TRUE(checkpoint.is_object());
+  EXPECT_EQ(checkpoint["unit"], 0);
+  // 4 steps per epoch, 2 epochs: stopped after step 2..7, i.e. mid-unit.
+  const int done_steps = checkpoint["epoch"].get<int>() * 4 + checkpoint["step"].get<int>();
+  EXPECT_GE(done_steps, 2);
+  EXPECT_LT(done_steps, 8);
+  EXPECT_TRUE(fs::exists(dir / "stop/job/units" / checkpoint["file"].get<std::string>()));
+  auto st = test::run_command(test::qforge_binary() + " status --job-dir " + shell_quote((dir / "stop/job").string()));
+  EXPECT_NE(st.output.find("checkpoint"), std::string::npos) << st.output;
+  auto resumed = quantize(3, "stop");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumes at epoch"), std::string::npos) << resumed.output;
+  EXPECT_EQ(digests(dir / "stop/out"), digests(dir / "stop-ref/out"));
+  EXPECT_FALSE(fs::exists(dir / "stop/job/units" / checkpoint["file"].get<std::string>()));  // dead once the unit is done
+  // A job that starts on a complete journal exits 0 at once.
+  auto again = quantize(3, "stop");
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+}
+
+// MRECG on a synthetic 16-block model: the FP pass and the probes are split over the ranks, the
+// selection is journaled once, joint units train as one on the 3-rank team, and a run killed inside
+// the probes or inside a joint unit resumes to the same bytes without redoing journaled work.
+TEST_F(EngineMpi, MrecgProbesSelectionAndJointUnitsResumeByteIdentical) {
+  const fs::path syn = dir / "syn16";
+  auto mk = test::run_command(test::qforge_binary() + " make-synthetic --log-level warn --shape tiny --blocks 16 --out " +
+                              shell_quote(syn.string()));
+  ASSERT_EQ(mk.exit_code, 0) << mk.output;
+  model = syn;
+  const std::string flags = "--joint-topk 3 --joint-max-blocks 3 --probe-samples 6";
+  auto ref = quantize(3, "mrecg-ref", flags);
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  const auto want = digests(dir / "mrecg-ref/out");
+  EXPECT_TRUE(want.count("oscillation.json") && want.count("oscillation.svg"));
+  json selection;
+  std::set<int> probe_ranks, probed;
+  for (const auto& rec : journal_of(dir / "mrecg-ref/job")) {
+    if (rec["type"] == "probe_done") {
+      probe_ranks.insert(rec["rank"].get<int>());
+      EXPECT_TRUE(probed.insert(rec["block"].get<int>()).second) << "block probed twice";
+      EXPECT_EQ(rec["samples"], 6);
+    }
+    if (rec["type"] == "joint_selection") {
+      EXPECT_TRUE(selection.is_null()) << "selected twice";
+      selection = rec;
+    }
+  }
+  EXPECT_EQ(probed.size(), 16u);
+  EXPECT_EQ(probe_ranks, (std::set<int>{0, 1, 2}));  // probes ran in parallel on every rank
+  ASSERT_TRUE(selection.is_object());
+  EXPECT_EQ(selection["selected"].size() + 0u, 3u);
+  int first_joint = -1, units = 0;
+  for (const auto& u : selection["units"]) {
+    if (u[1].get<int>() > 1 && first_joint < 0) first_joint = units;
+    ++units;
+  }
+  ASSERT_GE(first_joint, 0) << selection.dump();
+  EXPECT_LT(units, 16);
+  // 12 samples, batch 3: 4 optimiser steps per epoch, 2 epochs = 8 steps per unit on every rank.
+  const int mid_joint_step = 8 * first_joint + 5;
+  const std::vector<std::string> faults = {"probe:1:kill:3", "train_step:1:kill:" + std::to_string(mid_joint_step)};
+  for (const auto& f : faults) {
+    SCOPED_TRACE(f);
+    const std::string name = "mrecg-" + f.substr(0, f.find(':'));
+    auto killed = quantize(3, name, flags, "QFORGE_FAULT=" + f);
+    EXPECT_NE(killed.exit_code, 0) << killed.output;
+    std::map<int, int> probes_before;
+    for (const auto& rec : journal_of(dir / name / "job")) {
+      if (rec["type"] == "probe_done") ++probes_before[rec["block"].get<int>()];
+    }
+    auto resumed = quantize(3, name, flags);
+    ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+    EXPECT_EQ(digests(dir / name / "out"), want);
+    std::map<int, int> probes, done;
+    int selections = 0, joint_assigned = 0;
+    for (const auto& rec : journal_of(dir / name / "job")) {
+      if (rec["type"] == "probe_done") ++probes[rec["block"].get<int>()];
+      if (rec["type"] == "joint_selection") ++selections;
+      if (rec["type"] == "unit_done") ++done[rec["unit"].get<int>()];
+      if (rec["type"] == "unit_assigned" && rec["unit"] == first_joint) ++joint_assigned;
+    }
+    EXPECT_EQ(probes.size(), 16u);
+    for (const auto& [b, n] : probes) EXPECT_EQ(n, 1) << "block " << b << " probed twice";
+    EXPECT_EQ(selections, 1);
+    EXPECT_EQ(static_cast<int>(done.size()), units);
+    for (const auto& [u, n] : done) EXPECT_EQ(n, 1) << "unit " << u << " finished twice";
+    if (f.rfind("probe", 0) == 0) {
+      EXPECT_FALSE(probes_before.empty());  // some probes were durable before the kill and kept
+      EXPECT_LT(probes_before.size(), 16u);
+    } else {
+      EXPECT_EQ(probes_before.size(), 16u);
+      EXPECT_EQ(joint_assigned, 2);  // the joint unit was interrupted once and redone once
+    }
+  }
+  auto st = test::run_command(test::qforge_binary() + " status --job-dir " + shell_quote((dir / "mrecg-ref/job").string()));
+  EXPECT_EQ(st.exit_code, 0) << st.output;
+  EXPECT_NE(st.output.find("MRECG: capacity from probe, top-3"), std::string::npos) << st.output;
+  EXPECT_NE(st.output.find("oscillation (normalised loss per block"), std::string::npos) << st.output;
+  // Independent mode with the same selection policy completes too (units on the FP stream, in parallel).
+  auto ind = quantize(3, "mrecg-ind", flags + " --mode independent");
+  ASSERT_EQ(ind.exit_code, 0) << ind.output;
+  int ind_units = 0;
+  for (const auto& rec : journal_of(dir / "mrecg-ind/job")) ind_units += rec["type"] == "unit_done";
+  EXPECT_EQ(ind_units, units);
 }
 
 TEST_F(EngineMpi, StoppedWorkerIsReportedByRankAndUnitAndTheJobResumes) {

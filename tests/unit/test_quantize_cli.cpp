@@ -42,7 +42,7 @@ TEST_F(QuantizeCli, AffineQuantW4A4FromModelGenerateReloadsToTheInMemoryModel) {
   QF_REQUIRE_DATA(model / "model.safetensors");
   const fs::path out = dir / "aq";
   auto r = quantize(out, "--method affinequant --wbits 4 --abits 4 --calib-data model:generate --nsamples 4 "
-                         "--calib-seqlen 64 --epochs 2 --tokenizer " + shell_quote(tok.string()));
+                         "--calib-seqlen 64 --epochs 2 --joint-topk 0 --tokenizer " + shell_quote(tok.string()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto cfg = storage::read_llama_config(out);
   ASSERT_TRUE(cfg.quant.has_value());
