@@ -330,10 +330,12 @@ class Worker {
       // Statistics of every block on the FP stream inside the unit, and the FP target at its output.
       std::vector<ActStats> stats(static_cast<std::size_t>(nblocks));
       at::Tensor y_fp = x_fp;
-      for (int i = 0; i < nblocks; ++i) {
-        y_fp = map_batches(y_fp, lb, [&](const at::Tensor& x) { return accumulate_act_stats(cfg, fp[static_cast<std::size_t>(i)], x, rope_, stats[static_cast<std::size_t>(i)]); });
-        std::vector<at::Tensor> st{stats[static_cast<std::size_t>(i)].qkv, stats[static_cast<std::size_t>(i)].o, stats[static_cast<std::size_t>(i)].fc1};
-        reducer.max(st);
+      for (std::size_t i = 0; i < fp.size(); ++i) {
+        ActStats& block_stats = stats[i];
+        const BlockWeights& w = fp[i];
+        y_fp = map_batches(y_fp, lb, [&](const at::Tensor& x) { return accumulate_act_stats(cfg, w, x, rope_, block_stats); });
+        std::vector<at::Tensor> maxima{block_stats.qkv, block_stats.o, block_stats.fc1};
+        reducer.max(maxima);
       }
       at::Tensor y_fp2;
       if (options.front().aug_loss) y_fp2 = map_batches(x_q, lb, [&](const at::Tensor& x) { return chain_forward(cfg, fp, x, rope_); });
