@@ -1,6 +1,7 @@
-// Small string predicates shared by the tensor-name and file-name logic.
+// Small string helpers shared by the tensor-name and file-name logic and by reports.
 #pragma once
 
+#include <cstdio>
 #include <string>
 
 namespace qforge {
@@ -11,6 +12,13 @@ inline bool starts_with(const std::string& s, const std::string& prefix) {
 
 inline bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// "12.3 MiB": byte counts in plans, status and submit messages.
+inline std::string format_mib(double bytes) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / (1024.0 * 1024.0));
+  return buf;
 }
 
 }  // namespace qforge

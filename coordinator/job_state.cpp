@@ -80,7 +80,7 @@ std::set<std::string> JobState::live_checkpoint_files() const {
 
 std::vector<int> JobState::missing_probe_blocks() const {
   std::vector<int> missing;
-  if (!joint_.enabled || !joint_.data_dependent || units_ready_) return missing;
+  if (!probes_pending()) return missing;
   for (int b = 0; b < blocks_; ++b) {
     if (!probes_.count(b)) missing.push_back(b);
   }
@@ -108,7 +108,7 @@ std::vector<std::int64_t> JobState::probe_sample_ids() const {
 std::int64_t JobState::fp_needed() const {
   if (samples_ == 0) return 0;
   if (!sequential_) return samples_;
-  return missing_probe_blocks().empty() ? 0 : std::min(joint_.probe_samples, samples_);
+  return probes_pending() ? std::min(joint_.probe_samples, samples_) : 0;
 }
 
 std::vector<std::int64_t> JobState::fp_missing_samples() const {
@@ -178,7 +178,7 @@ std::vector<Assignment> schedule(const JobState& state, const std::set<int>& run
     if (all_idle) out.push_back({"fp_pass", -1, -1});
     return out;
   }
-  if (!state.missing_probe_blocks().empty()) {
+  if (state.probes_pending()) {
     if (all_idle) out.push_back({"probe", -1, -1});
     return out;
   }

@@ -51,7 +51,11 @@ class JobState {
   // MRECG probes: blocks not yet probed (empty when no probes are needed), and per block the value the
   // selection ranks (probe: normalised loss ℓ_b; data-free: -capacity, so a capacity drop is a rise).
   std::vector<int> missing_probe_blocks() const;
-  bool needs_selection() const { return joint_.enabled && !units_ready_ && missing_probe_blocks().empty(); }
+  // Asked on every scheduler turn: counts, not scans.
+  bool probes_pending() const {
+    return joint_.enabled && joint_.data_dependent && !units_ready_ && static_cast<int>(probes_.size()) < blocks_;
+  }
+  bool needs_selection() const { return joint_.enabled && !units_ready_ && !probes_pending(); }
   std::vector<double> selection_values() const;
   const std::map<int, nlohmann::json>& probes() const { return probes_; }
   const nlohmann::json& selection() const { return selection_; }

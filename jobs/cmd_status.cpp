@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/strings.h"
 #include "common/file_util.h"
 #include "coordinator/oscillation.h"
 #include "coordinator/progress.h"
@@ -22,12 +23,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-std::string mib(double bytes) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / (1024.0 * 1024.0));
-  return buf;
-}
 
 // Everything `status` reports, as one JSON object (also the --json output).
 json collect_status(const storage::JobDir& jd) {
@@ -279,9 +274,9 @@ int run_status(const Args& args) {
   std::cout << "samples per rank (finished units):";
   for (const auto& [r, n] : st["rank_samples"].items()) std::cout << " r" << r << ":" << n.get<std::int64_t>();
   std::cout << "\npeak RSS per rank:";
-  for (const auto& [r, n] : st["rank_peak_rss"].items()) std::cout << " r" << r << ":" << mib(n.get<double>());
-  std::cout << "\ncache: " << mib(st["cache_bytes_written"].get<double>()) << " written, "
-            << mib(st["cache_bytes_read"].get<double>()) << " read\n";
+  for (const auto& [r, n] : st["rank_peak_rss"].items()) std::cout << " r" << r << ":" << format_mib(n.get<double>());
+  std::cout << "\ncache: " << format_mib(st["cache_bytes_written"].get<double>()) << " written, "
+            << format_mib(st["cache_bytes_read"].get<double>()) << " read\n";
   if (st.contains("oscillation")) print_oscillation(st["oscillation"]);
   std::cout << "last error: " << (st["last_error"].is_null() ? "none" : st["last_error"].get<std::string>()) << "\n";
   if (!vm["plot"].as<std::string>().empty()) write_plot(st, vm);

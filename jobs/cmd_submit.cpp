@@ -20,6 +20,7 @@
 #include <regex>
 
 #include "common/error.h"
+#include "common/strings.h"
 #include "common/file_util.h"
 #include "jobs/cli.h"
 #include "jobs/cmd_quantize.h"
@@ -36,12 +37,6 @@ namespace {
 // statfs f_type of filesystems that live in one node's memory (linux/magic.h).
 constexpr long kTmpfsMagic = 0x01021994;
 constexpr long kRamfsMagic = static_cast<long>(0x858458f6);
-
-std::string mib(std::uint64_t bytes) {
-  char buf[48];
-  std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1024.0 * 1024.0));
-  return buf;
-}
 
 // The name in "--name" or "--name=value"; empty for anything else.
 std::string long_option_name(const std::string& token) {
@@ -117,11 +112,11 @@ void check_free_space(const fs::path& job_dir, std::uint64_t cache_bytes) {
     throw InputError("--job-dir", "", "cannot stat the filesystem of " + existing.string() + ": " + std::strerror(errno));
   }
   const std::uint64_t free_bytes = static_cast<std::uint64_t>(vfs.f_bavail) * vfs.f_frsize;
-  std::cerr << "qforge submit: job dir filesystem (" << existing.string() << "): " << mib(free_bytes) << " free, "
-            << mib(cache_bytes) << " needed for the activation cache\n";
+  std::cerr << "qforge submit: job dir filesystem (" << existing.string() << "): " << format_mib(free_bytes) << " free, "
+            << format_mib(cache_bytes) << " needed for the activation cache\n";
   if (free_bytes < cache_bytes) {
-    throw InputError("--job-dir", "", job_dir.string() + ": the activation cache needs " + mib(cache_bytes) + " but " +
-                                          existing.string() + " has only " + mib(free_bytes) + " free");
+    throw InputError("--job-dir", "", job_dir.string() + ": the activation cache needs " + format_mib(cache_bytes) + " but " +
+                                          existing.string() + " has only " + format_mib(free_bytes) + " free");
   }
 }
 
@@ -425,8 +420,8 @@ int run_submit(const Args& all_args) {
     const partition::Plan plan = quantize_plan(spec, ranks);
     std::cerr << "qforge submit: " << c.label << "plan for " << ranks << " ranks (" << o.nodes << " node"
               << (o.nodes == 1 ? "" : "s") << " x " << o.ntasks_per_node << "): " << plan.units.size()
-              << " units, estimated peak memory per rank " << mib(plan.rank_peak_bytes) << ", activation cache on disk "
-              << mib(plan.cache_disk_bytes) << "\n";
+              << " units, estimated peak memory per rank " << format_mib(plan.rank_peak_bytes) << ", activation cache on disk "
+              << format_mib(plan.cache_disk_bytes) << "\n";
     cache_bytes += plan.cache_disk_bytes;  // array tasks may run at the same time
   }
   check_free_space(job_dir, cache_bytes);

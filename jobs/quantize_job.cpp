@@ -119,7 +119,7 @@ json joint_identity(const QuantizeSpec& s, const coordinator::JointSpec& j) {
 
 fs::path job_dir_of(const QuantizeSpec& s) { return s.job_dir.empty() ? s.out / ".qforge-job" : s.job_dir; }
 
-partition::PlanOptions plan_options(const QuantizeSpec& s, int ranks) {
+partition::PlanOptions plan_options(const QuantizeSpec& s, int ranks, const storage::LlamaConfig& cfg) {
   partition::PlanOptions o;
   o.mode = partition::parse_engine_mode(s.mode);
   o.ranks = ranks;
@@ -133,7 +133,7 @@ partition::PlanOptions plan_options(const QuantizeSpec& s, int ranks) {
   o.cache_bytes_per_value = storage::parse_cache_dtype(s.cache_dtype) == storage::CacheDType::kBF16 ? 2 : 4;
   o.affine_matrices = s.method == worker::Method::kAffineQuant && s.recipe.let;
   o.group_size = s.group_size;
-  const coordinator::JointSpec j = joint_spec(s, storage::read_llama_config(s.model));
+  const coordinator::JointSpec j = joint_spec(s, cfg);
   if (j.enabled && j.data_dependent && o.mode == partition::EngineMode::kSequential) o.probe_samples = j.probe_samples;
   return o;
 }
@@ -141,12 +141,12 @@ partition::PlanOptions plan_options(const QuantizeSpec& s, int ranks) {
 partition::Plan build_plan(const QuantizeSpec& s, int ranks) {
   const storage::LlamaConfig cfg = storage::read_llama_config(s.model);
   const storage::CheckpointReader ckpt(s.model);
-  return partition::make_block_plan(worker::index_checkpoint(cfg, ckpt), plan_options(s, ranks));
+  return partition::make_block_plan(worker::index_checkpoint(cfg, ckpt), plan_options(s, ranks, cfg));
 }
 
 // What makes two runs the same job. Paths are left out (a moved model or data file is the same job
 // when its content is); what the content is goes in as digests.
-json job_identity(const QuantizeSpec& s, const std::string& model_fp) {
+json job_identity(const QuantizeSpec& s, const std::string& model_fp, const coordinator::JointSpec& joint) {
   json data = nullptr;
   if (needs_data(s)) {
     data = {{"source", s.calib.source == kGenerateSource ? s.calib.source : fs::path(s.calib.source).filename().string()},
@@ -168,7 +168,7 @@ json job_identity(const QuantizeSpec& s, const std::string& model_fp) {
                       {"cache_dtype", s.cache_dtype}}},
           {"mode", s.mode},
           {"team_size", s.team_size},
-          {"joint", joint_identity(s, joint_spec(s, storage::read_llama_config(s.model)))}};
+          {"joint", joint_identity(s, joint)}};
 }
 
 std::string random_id() {
@@ -211,11 +211,11 @@ std::vector<double> dry_run_probe_values(const QuantizeSpec& s, const coordinato
 }
 
 // Rank 0: create or check the job directory. Returns what every rank needs to know.
-json prepare_job_dir(const QuantizeSpec& s, int ranks, int default_threads) {
+json prepare_job_dir(const QuantizeSpec& s, int ranks, int default_threads, const coordinator::JointSpec& joint) {
   const storage::JobDir jd(job_dir_of(s));
   const std::string model_fp = storage::model_fingerprint(s.model);
   // "out" is where the job assembles its result (not part of the identity): `qforge export --job-dir` reads it.
-  json spec = {{"identity", job_identity(s, model_fp)}, {"threads", s.threads > 0 ? s.threads : default_threads},
+  json spec = {{"identity", job_identity(s, model_fp, joint)}, {"threads", s.threads > 0 ? s.threads : default_threads},
                {"out", fs::absolute(s.out).string()}};
   spec = storage::create_or_check_job_spec(jd, spec);
   int threads = spec.at("threads").get<int>();
@@ -294,7 +294,7 @@ int run_quantize_job(const QuantizeSpec& s) {
         const partition::JointSelection sel = partition::select_joint_units(values, joint.topk, joint.max_blocks);
         std::cout << "\n" << partition::format_joint_report(values, sel, joint.data_dependent ? "probe" : "data-free", joint.topk, joint.max_blocks);
         const storage::CheckpointReader ckpt(s.model);
-        std::cout << "\njoint " << partition::format_plan_report(partition::make_plan(worker::index_checkpoint(cfg, ckpt), plan_options(s, ranks), sel.units));
+        std::cout << "\njoint " << partition::format_plan_report(partition::make_plan(worker::index_checkpoint(cfg, ckpt), plan_options(s, ranks, cfg), sel.units));
       }
       std::cout << std::flush;
     }
@@ -315,7 +315,7 @@ int run_quantize_job(const QuantizeSpec& s) {
   json prep;
   if (rank == 0) {
     try {
-      prep = prepare_job_dir(s, ranks, default_threads);
+      prep = prepare_job_dir(s, ranks, default_threads, joint);
     } catch (const Error& e) {
       world.broadcast(json{{"ok", false}, {"code", e.exit_code()}}.dump(), 0);
       throw;  // rank 0 reports it

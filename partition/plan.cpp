@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/strings.h"
 
 namespace qforge::partition {
 
@@ -45,14 +46,6 @@ std::vector<std::int64_t> team_rows(const PlanOptions& o, int team) {
   }
   return rows;
 }
-
-std::string fixed(double v, int decimals) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
-  return buf;
-}
-
-std::string mib(std::uint64_t bytes) { return fixed(static_cast<double>(bytes) / (1024.0 * 1024.0), 1) + " MiB"; }
 
 std::string list_names(const std::vector<std::string>& names) {
   std::string out;
@@ -348,10 +341,10 @@ std::string format_plan_report(const Plan& plan) {
   for (std::int64_t r : plan.samples_per_team_rank) out << " " << r;
   out << " (nsamples " << o.nsamples << ", seqlen " << o.seqlen << ", batch " << o.batch_size << ", epochs "
       << o.epochs << (o.training() ? ", training" : ", no training") << ")\n";
-  out << "estimated peak memory per rank: " << mib(plan.rank_peak_bytes);
+  out << "estimated peak memory per rank: " << format_mib(plan.rank_peak_bytes);
   if (!plan.units.empty()) out << " (unit " << peak_unit << ")";
   out << "\n";
-  out << "activation cache on disk: " << mib(plan.cache_disk_bytes) << "\n";
+  out << "activation cache on disk: " << format_mib(plan.cache_disk_bytes) << "\n";
   out << "globals (written at assembly): " << list_names(plan.global_tensors) << "\n";
 
   std::map<std::string, int> seen;

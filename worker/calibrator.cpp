@@ -92,10 +92,11 @@ double team_mse(const storage::LlamaConfig& c, const std::vector<BlockWeights>& 
 std::vector<ChainLoss> chain_losses(const storage::LlamaConfig& c, const std::vector<BlockWeights>& fp,
                                     const std::vector<BlockWeights>& q, const at::Tensor& x_fp, const at::Tensor& x_q,
                                     const RopeTables& rope, const std::vector<ActQuantSpec>& acts, std::int64_t batch,
-                                    TeamReducer* reducer, std::int64_t global_elements) {
+                                    TeamReducer* reducer, std::int64_t global_elements, at::Tensor* quantized_output) {
   at::NoGradGuard no_grad;
   const std::size_t n = fp.size();
   std::vector<double> sums(2 * n, 0.0);  // [sse_0, energy_0, sse_1, ...]
+  std::vector<at::Tensor> outputs;
   for (std::int64_t i = 0; i < x_fp.size(0); i += batch) {
     const std::int64_t j = std::min(x_fp.size(0), i + batch);
     at::Tensor hf = x_fp.slice(0, i, j), hq = x_q.slice(0, i, j);
@@ -105,7 +106,9 @@ std::vector<ChainLoss> chain_losses(const storage::LlamaConfig& c, const std::ve
       sums[2 * b] += (hq - hf).pow(2).sum().item<double>();
       sums[2 * b + 1] += hf.pow(2).sum().item<double>();
     }
+    if (quantized_output) outputs.push_back(hq);
   }
+  if (quantized_output) *quantized_output = at::cat(outputs, 0);
   team_sum(sums, reducer);
   std::vector<ChainLoss> out(n);
   for (std::size_t b = 0; b < n; ++b) {

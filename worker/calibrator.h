@@ -196,6 +196,8 @@ double team_mse(const storage::LlamaConfig& config, const std::vector<BlockWeigh
 // The oscillation curve inside a unit: for every block i, the team-wide MSE between the quantized
 // chain (on x_q, with activation quantization) and the FP chain (on x_fp) at block i's output, and the
 // FP output's mean energy mean(y_fp,i²), so loss / energy is the normalised loss ℓ_i of algorithms.md §4.6.
+// `quantized_output` (optional) receives the quantized chain's output on x_q, which the same pass computes
+// (the sequential engine's next quantized stream), so it is not run twice.
 struct ChainLoss {
   double mse = 0.0;
   double energy = 0.0;
@@ -204,7 +206,8 @@ struct ChainLoss {
 std::vector<ChainLoss> chain_losses(const storage::LlamaConfig& config, const std::vector<BlockWeights>& fp,
                                     const std::vector<BlockWeights>& quantized, const at::Tensor& x_fp,
                                     const at::Tensor& x_q, const RopeTables& rope, const std::vector<ActQuantSpec>& acts,
-                                    std::int64_t batch, TeamReducer* reducer, std::int64_t global_elements);
+                                    std::int64_t batch, TeamReducer* reducer, std::int64_t global_elements,
+                                    at::Tensor* quantized_output = nullptr);
 
 // Data-dependent module capacity (MRECG, algorithms.md §4.2/§4.6) of one block from a probe on FP-stream
 // inputs x_fp: the block is calibrated with `epochs` epochs (0: the method's initialisation only,

@@ -362,17 +362,18 @@ class Worker {
       // The oscillation curve: every block's normalised loss at its own output, inside the unit too.
       std::vector<BlockWeights> quantized;
       for (const auto& br : res.blocks) quantized.push_back(br.weights);
+      // The same pass gives the next quantized stream when one is needed.
       const std::int64_t elements = s_.samples * s_.seqlen * cfg.hidden_size;
+      const bool need_next = task.write_next || task.last_unit;
+      at::Tensor q_out;
       json curve = json::array();
-      for (const auto& cl : chain_losses(cfg, fp, quantized, x_fp, x_q, rope_, acts, lb, &reducer, elements)) {
+      for (const auto& cl : chain_losses(cfg, fp, quantized, x_fp, x_q, rope_, acts, lb, &reducer, elements, need_next ? &q_out : nullptr)) {
         curve.push_back({{"mse", cl.mse}, {"energy", cl.energy}, {"normalized", cl.normalized()}});
       }
       report["block_losses"] = curve;
-      if (task.write_next || task.last_unit) {
+      if (need_next) {
         heartbeat_.set(u, "write");
-        at::Tensor q_next = storage::round_to_cache_dtype(
-            map_batches(x_q, lb, [&](const at::Tensor& x) { return chain_forward(cfg, quantized, x, rope_, acts); }),
-            s_.cache_dtype);
+        const at::Tensor q_next = storage::round_to_cache_dtype(q_out, s_.cache_dtype);
         const int next = block + nblocks;
         if (task.write_next) {
           files.push_back(write_slice(next, "fp", task.attempt, r, rows, storage::round_to_cache_dtype(y_fp, s_.cache_dtype)));

@@ -39,15 +39,6 @@ std::string mpirun(int np, const std::string& env = "") {
 
 std::vector<json> journal_of(const fs::path& job) { return storage::replay_journal(job / "journal.log").records; }
 
-// sha256 of every file of an output folder, by name.
-std::map<std::string, std::string> digests(const fs::path& dir) {
-  std::map<std::string, std::string> out;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    if (e.is_regular_file()) out[e.path().filename().string()] = sha256_file(e.path());
-  }
-  return out;
-}
-
 double eval_ppl(const fs::path& model, const fs::path& tokens) {
   auto r = test::run_command(test::qforge_binary() + " eval --log-level warn --json --model " + shell_quote(model.string()) +
                              " --data " + shell_quote(tokens.string()) + " --seqlen 64");
@@ -133,7 +124,7 @@ TEST_F(EngineMpi, ResumeAfterKillsIsByteIdentical) {
   QF_REQUIRE_DATA(model);
   auto ref = quantize(3, "ref");
   ASSERT_EQ(ref.exit_code, 0) << ref.output;
-  const auto want = digests(dir / "ref/out");
+  const auto want = test::file_digests(dir / "ref/out");
   // <point>:<rank>[:kill:<nth time>] — worker and coordinator sides, during training, a cache write,
   // a result-shard write, around the journal record and in the middle of assembly.
   const std::vector<std::string> faults = {"train_step:1:kill:7", "cache_write:2:kill:3",  "shard_write:0:kill:2",
@@ -146,7 +137,7 @@ TEST_F(EngineMpi, ResumeAfterKillsIsByteIdentical) {
     EXPECT_NE(killed.output.find("QFORGE_FAULT"), std::string::npos) << killed.output;
     auto resumed = quantize(3, name);
     ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
-    EXPECT_EQ(digests(dir / name / "out"), want);
+    EXPECT_EQ(test::file_digests(dir / name / "out"), want);
     std::map<int, int> done;
     int starts = 0;
     for (const auto& rec : journal_of(dir / name / "job")) {
@@ -189,7 +180,7 @@ TEST_F(EngineMpi, StopSignalCheckpointsMidUnitAndTheRerunIsByteIdentical) {
   auto resumed = quantize(3, "stop");
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("resumes at epoch"), std::string::npos) << resumed.output;
-  EXPECT_EQ(digests(dir / "stop/out"), digests(dir / "stop-ref/out"));
+  EXPECT_EQ(test::file_digests(dir / "stop/out"), test::file_digests(dir / "stop-ref/out"));
   EXPECT_FALSE(fs::exists(dir / "stop/job/units" / checkpoint["file"].get<std::string>()));  // dead once the unit is done
   // A job that starts on a complete journal exits 0 at once.
   auto again = quantize(3, "stop");
@@ -208,7 +199,7 @@ TEST_F(EngineMpi, MrecgProbesSelectionAndJointUnitsResumeByteIdentical) {
   const std::string flags = "--joint-topk 3 --joint-max-blocks 3 --probe-samples 6";
   auto ref = quantize(3, "mrecg-ref", flags);
   ASSERT_EQ(ref.exit_code, 0) << ref.output;
-  const auto want = digests(dir / "mrecg-ref/out");
+  const auto want = test::file_digests(dir / "mrecg-ref/out");
   EXPECT_TRUE(want.count("oscillation.json") && want.count("oscillation.svg"));
   json selection;
   std::set<int> probe_ranks, probed;
@@ -248,7 +239,7 @@ TEST_F(EngineMpi, MrecgProbesSelectionAndJointUnitsResumeByteIdentical) {
     }
     auto resumed = quantize(3, name, flags);
     ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
-    EXPECT_EQ(digests(dir / name / "out"), want);
+    EXPECT_EQ(test::file_digests(dir / name / "out"), want);
     std::map<int, int> probes, done;
     int selections = 0, joint_assigned = 0;
     for (const auto& rec : journal_of(dir / name / "job")) {

@@ -13,7 +13,6 @@
 #include <regex>
 #include <thread>
 
-#include "common/sha256.h"
 #include "storage/journal.h"
 #include "tests/support/run_command.h"
 #include "tests/support/test_data.h"
@@ -37,14 +36,6 @@ std::string cluster_script() { return std::string(QFORGE_SOURCE_DIR) + "/slurm/d
 test::CommandResult slurm(const std::string& command) {
   return test::run_command("eval \"$(QFORGE_SLURM_DIR=" + shell_quote(QFORGE_SLURM_TEST_DIR) + " bash " +
                            shell_quote(cluster_script()) + " env)\" && " + command);
-}
-
-std::map<std::string, std::string> digests(const fs::path& dir) {
-  std::map<std::string, std::string> out;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    if (e.is_regular_file()) out[e.path().filename().string()] = sha256_file(e.path());
-  }
-  return out;
 }
 
 std::vector<json> journal_of(const fs::path& job) { return storage::replay_journal(job / "journal.log").records; }
@@ -127,7 +118,7 @@ class Slurm : public ::testing::Test {
           test::qforge_binary() + " quantize --model " + shell_quote(model_.string()) + " --out " +
           shell_quote((keep / "out").string()) + " --job-dir " + shell_quote((keep / "job").string()) + kFlags);
       EXPECT_EQ(r.exit_code, 0) << r.output;
-      if (r.exit_code == 0) ref = digests(keep / "out");
+      if (r.exit_code == 0) ref = test::file_digests(keep / "out");
     }
     return ref;
   }
@@ -149,7 +140,7 @@ TEST_F(Slurm, SubmittedTwoRankJobMatchesMpirunByteForByte) {
   const auto ids = submitted_ids(dir_ / "plain/job");
   ASSERT_EQ(ids.size(), 1u) << r.output;
   EXPECT_EQ(wait_for_end(ids[0]), "COMPLETED");
-  EXPECT_EQ(digests(dir_ / "plain/out"), want);
+  EXPECT_EQ(test::file_digests(dir_ / "plain/out"), want);
   const auto st = slurm(test::qforge_binary() + " status --job-dir " + shell_quote((dir_ / "plain/job").string()));
   EXPECT_NE(st.output.find("Slurm job " + ids[0]), std::string::npos) << st.output;
   EXPECT_NE(st.output.find("COMPLETED"), std::string::npos) << st.output;
@@ -174,7 +165,7 @@ TEST_F(Slurm, TimeLimitWarningCheckpointsRequeuesAndFinishesIdentically) {
   EXPECT_GE(std::stoi(job_fields(id)["Restarts"]), 1);
   EXPECT_TRUE(journal_has(dir_ / "usr1/job", "unit_checkpoint"));
   EXPECT_TRUE(journal_has(dir_ / "usr1/job", "job_complete"));
-  EXPECT_EQ(digests(dir_ / "usr1/out"), want);
+  EXPECT_EQ(test::file_digests(dir_ / "usr1/out"), want);
 }
 
 TEST_F(Slurm, ChainOfTwoSurvivesACutFirstJob) {
@@ -192,7 +183,7 @@ TEST_F(Slurm, ChainOfTwoSurvivesACutFirstJob) {
   EXPECT_NE(first, "COMPLETED") << "the cut job exits with qforge's 'stopped' code 4";
   EXPECT_EQ(job_fields(ids[0])["ExitCode"], "4:0");
   EXPECT_EQ(wait_for_end(ids[1]), "COMPLETED");
-  EXPECT_EQ(digests(dir_ / "chain/out"), want);
+  EXPECT_EQ(test::file_digests(dir_ / "chain/out"), want);
   int starts = 0;
   for (const auto& rec : journal_of(dir_ / "chain/job")) starts += rec["type"] == "job_start";
   EXPECT_EQ(starts, 2);

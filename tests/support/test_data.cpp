@@ -4,6 +4,8 @@
 
 #include <atomic>
 
+#include "common/sha256.h"
+
 namespace qforge::test {
 
 std::filesystem::path make_temp_dir(const std::string& tag) {
@@ -13,6 +15,14 @@ std::filesystem::path make_temp_dir(const std::string& tag) {
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir;
+}
+
+std::map<std::string, std::string> file_digests(const std::filesystem::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.is_regular_file()) out[e.path().filename().string()] = sha256_file(e.path());
+  }
+  return out;
 }
 
 }  // namespace qforge::test

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -38,6 +40,9 @@ inline void write_bytes(const std::filesystem::path& p, const std::string& bytes
 
 // A fresh empty directory under the build tree's temp area, removed by the caller if it wants.
 std::filesystem::path make_temp_dir(const std::string& tag);
+
+// sha256 of every regular file directly in `dir`, by file name: "this output folder equals that one".
+std::map<std::string, std::string> file_digests(const std::filesystem::path& dir);
 
 }  // namespace qforge::test
 
