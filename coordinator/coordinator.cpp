@@ -13,7 +13,7 @@
 #include "common/log.h"
 #include "common/protocol.h"
 #include "common/signals.h"
-#include "coordinator/progress.h"
+#include "common/progress.h"
 #include "partition/joint_selection.h"
 #include "partition/sample_split.h"
 

@@ -7,7 +7,7 @@
 #include "common/file_util.h"
 #include "common/log.h"
 #include "common/py_random.h"
-#include "coordinator/progress.h"
+#include "common/progress.h"
 #include "jobs/eval_data.h"
 #include "storage/token_file.h"
 
@@ -17,7 +17,7 @@ at::Tensor generate_sequences(const worker::LlamaModel& model, std::int64_t n, s
   at::NoGradGuard no_grad;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   at::Tensor ids = at::full({n, 1}, model.config().bos_token_id, at::kLong);
-  coordinator::ProgressMeter meter("generate", seqlen - 1, "tok");
+  ProgressMeter meter("generate", seqlen - 1, "tok");
   std::vector<worker::KvCache> caches;
   const worker::RopeTables rope = model.rope(seqlen);
   for (std::int64_t t = 1; t < seqlen; ++t) {

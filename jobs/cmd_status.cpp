@@ -11,7 +11,7 @@
 #include "common/strings.h"
 #include "common/file_util.h"
 #include "coordinator/oscillation.h"
-#include "coordinator/progress.h"
+#include "common/progress.h"
 #include "jobs/cli.h"
 #include "jobs/slurm_query.h"
 #include "storage/job_dir.h"
@@ -250,7 +250,7 @@ int run_status(const Args& args) {
   }
   std::cout << "progress: " << done << "/" << total << " units done";
   if (!st["complete"].get<bool>() && done > 0 && done < total) {
-    std::cout << ", ETA " << coordinator::format_duration(st["eta_seconds"].get<double>());
+    std::cout << ", ETA " << format_duration(st["eta_seconds"].get<double>());
   }
   std::cout << "\n";
   if (st.contains("fp_pass_samples")) std::cout << "FP pass: " << st["fp_pass_samples"].get<std::int64_t>() << " samples cached\n";
@@ -259,7 +259,7 @@ int run_status(const Args& args) {
                 u["num_blocks"].get<int>() > 1 ? ("+" + std::to_string(u["num_blocks"].get<int>() - 1)).c_str() : "",
                 u["state"].get<std::string>().c_str());
     if (u["state"] == "done") {
-      std::printf(" %8s on team %d", coordinator::format_duration(u["seconds"].get<double>()).c_str(), u["team"].get<int>());
+      std::printf(" %8s on team %d", format_duration(u["seconds"].get<double>()).c_str(), u["team"].get<int>());
       if (u.contains("final_loss")) std::printf(", MSE %.4g -> %.4g", u["initial_loss"].get<double>(), u["final_loss"].get<double>());
       std::printf(", samples");
       for (const auto& rk : u["ranks"]) std::printf(" r%d:%lld", rk["rank"].get<int>(), static_cast<long long>(rk["samples"].get<std::int64_t>()));

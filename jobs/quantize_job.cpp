@@ -20,7 +20,7 @@
 #include "common/threads.h"
 #include "coordinator/assembly.h"
 #include "coordinator/coordinator.h"
-#include "coordinator/progress.h"
+#include "common/progress.h"
 #include "partition/joint_selection.h"
 #include "partition/plan.h"
 #include "storage/activation_cache.h"
@@ -460,7 +460,7 @@ int run_quantize_job(const QuantizeSpec& s) {
   }
   QF_LOG(Info) << "wrote " << s.out.string() << " (" << worker::method_name(s.method) << " W" << s.wbits << "A" << s.abits
                << (s.group_size ? " g" + std::to_string(s.group_size) : "") << ") in "
-               << coordinator::format_duration(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
+               << format_duration(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
   return kExitOk;
 }
 

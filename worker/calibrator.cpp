@@ -10,7 +10,7 @@
 #include "common/error.h"
 #include "common/fault.h"
 #include "common/log.h"
-#include "coordinator/progress.h"
+#include "common/progress.h"
 
 namespace qforge::worker {
 
@@ -169,15 +169,22 @@ double UnitTrainer::step(const at::Tensor& x, const at::Tensor& y, const at::Ten
   QF_CHECK(optimizer_, "nothing to train");
   fault_point("train_step");
   for (auto& t : transforms_) t.truncate_small_scales();
-  at::Tensor out = chain_forward(config_, fake_quantized(), x, rope_, act_specs(options_));
-  // Sum / global element count rather than mse_loss: partial losses of a team then add up to the
-  // batch MSE, and so do their gradients.
-  const double denom = static_cast<double>(global_rows < 0 ? x.size(0) : global_rows) * static_cast<double>(x.numel() / x.size(0));
-  at::Tensor loss = (out - y).pow(2).sum() / denom;
-  if (options_.front().aug_loss) loss = loss + (out - y2).pow(2).sum() / denom;
+  // Sum / global element count rather than mse_loss: partial losses of a team (and of micro-batches)
+  // then add up to the batch MSE, and so do their gradients.
+  const std::int64_t rows = x.size(0);
+  const double per_row = rows > 0 ? static_cast<double>(x.numel() / rows) : 0.0;
+  const double denom = static_cast<double>(global_rows < 0 ? rows : global_rows) * per_row;
+  const std::int64_t micro = options_.front().micro_batch > 0 ? options_.front().micro_batch : std::max<std::int64_t>(1, rows);
   optimizer_->zero_grad();
-  loss.backward();
-  double lv = loss.item<double>();
+  double lv = 0.0;
+  for (std::int64_t i = 0; i < rows; i += micro) {
+    auto part = [&](const at::Tensor& t) { return t.defined() ? t.slice(0, i, std::min(rows, i + micro)) : t; };
+    at::Tensor out = chain_forward(config_, fake_quantized(), part(x), rope_, act_specs(options_));
+    at::Tensor loss = (out - part(y)).pow(2).sum() / denom;
+    if (options_.front().aug_loss) loss = loss + (out - part(y2)).pow(2).sum() / denom;
+    loss.backward();
+    lv += loss.item<double>();
+  }
   if (reducer_) {
     // Gradients of every parameter in optimiser order (zeros where a parameter got none, so the
     // layout is equal on every rank), plus the loss for logging and the finiteness decision.
@@ -203,6 +210,15 @@ double UnitTrainer::step(const at::Tensor& x, const at::Tensor& y, const at::Ten
   for (auto& t : transforms_) projections_ += t.enforce_diagonal_dominance();
   ++steps_in_epoch_;
   return lv;
+}
+
+std::vector<at::Tensor> UnitTrainer::gradients() const {
+  std::vector<at::Tensor> out;
+  if (!optimizer_) return out;
+  for (const auto& group : optimizer_->param_groups()) {
+    for (const auto& p : group.params()) out.push_back(p.grad());
+  }
+  return out;
 }
 
 std::vector<std::pair<std::string, at::Tensor>> UnitTrainer::state() const {
@@ -307,8 +323,8 @@ UnitResult calibrate_unit(const storage::LlamaConfig& c, const std::vector<Block
       r.epoch_loss.push_back(sum / static_cast<double>(steps));
       double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       QF_LOG(Info) << label << " epoch " << (e + 1) << "/" << o.epochs << " loss " << r.epoch_loss.back() << " ("
-                   << coordinator::format_duration(elapsed) << ", unit ETA "
-                   << coordinator::format_duration(coordinator::estimate_eta_seconds(e + 1, o.epochs, elapsed)) << ")";
+                   << format_duration(elapsed) << ", unit ETA "
+                   << format_duration(estimate_eta_seconds(e + 1, o.epochs, elapsed)) << ")";
     }
     // The fold uses the last epoch's mask, which is what training ended with.
     trainer.begin_epoch(o.epochs - 1);

@@ -23,8 +23,8 @@ class Optimizer;
 namespace qforge::worker {
 
 // Combines per-rank partial results across a data-parallel team, in a fixed order (so a run is
-// deterministic for a given team size). The one-rank implementation does nothing; the engine's MPI
-// implementation is worker/team_reducer.h.
+// deterministic for a given team size). No reducer (nullptr) means a team of one; the MPI and
+// in-process implementations are in worker/team_reducer.h.
 class TeamReducer {
  public:
   virtual ~TeamReducer() = default;
@@ -32,12 +32,6 @@ class TeamReducer {
   // dtypes in the same order.
   virtual void sum(std::vector<at::Tensor>& tensors) = 0;
   virtual void max(std::vector<at::Tensor>& tensors) = 0;
-};
-
-class LocalReducer : public TeamReducer {
- public:
-  void sum(std::vector<at::Tensor>&) override {}
-  void max(std::vector<at::Tensor>&) override {}
 };
 
 // How this rank's rows relate to the team's. A team splits every optimiser step's global batch of
@@ -56,6 +50,9 @@ struct CalibOptions {
   ActQuantSpec acts;
   int epochs = 0;
   std::int64_t batch_size = 1;   // sequences per optimiser step
+  // Sequences per forward/backward inside a step, gradients accumulated (0: this rank's whole share at
+  // once). The step is the same sum either way; only the summation order and peak memory change.
+  std::int64_t micro_batch = 0;
   double let_lr = 5e-3;
   double lwc_lr = 1e-2;
   double weight_decay = 0.0;
@@ -115,6 +112,9 @@ class UnitTrainer {
   std::vector<BlockWeights> fake_quantized() const;
   std::int64_t projections() const { return projections_; }
   bool trainable() const;
+  // The gradient of every trained parameter in optimiser order as the last step() left it (after the
+  // team all-reduce; undefined where a parameter got none without a team).
+  std::vector<at::Tensor> gradients() const;
 
  private:
   const storage::LlamaConfig& config_;

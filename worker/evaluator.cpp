@@ -5,7 +5,7 @@
 #include <algorithm>
 
 #include "common/error.h"
-#include "coordinator/progress.h"
+#include "common/progress.h"
 
 namespace qforge::worker {
 
@@ -37,7 +37,7 @@ WindowScores score_windows(const LlamaModel& model, const at::Tensor& windows, c
 
   const int passes = model.num_blocks() + (reference ? reference->num_blocks() : 0);
   const std::int64_t chunks = (n + chunk - 1) / chunk;
-  coordinator::ProgressMeter meter("eval", chunks * passes, options.progress ? "tok" : "", options.progress ? 2.0 : 1e30);
+  ProgressMeter meter("eval", chunks * passes, options.progress ? "tok" : "", options.progress ? 2.0 : 1e30);
 
   // Rate in tokens through the whole model per second: each block pass over a chunk is 1/passes of it.
   const double tokens_per_step = static_cast<double>(std::min(chunk, n) * T) / passes;

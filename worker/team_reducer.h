@@ -1,33 +1,84 @@
-// TeamReducer over MPI: the data-parallel all-reduce of a team (gradients of the transform/clipping
+// Team reducers: the data-parallel all-reduce of a team (gradients of the transform/clipping
 // parameters every step, activation statistics, losses). Tensors are packed per dtype into one
-// contiguous buffer in the order given, reduced with one non-blocking all-reduce, and unpacked: one
-// message per step, a fixed summation order for a given team size, so runs are deterministic.
-// Waits poll `poll` (the worker checks for a coordinator SHUTDOWN there) and give up after `timeout`.
-// On GPUs the same seam takes an NCCL implementation (issue: GPU path).
+// contiguous buffer in the order given, reduced with one collective, and unpacked: one message per
+// step per dtype.
+//
+// Two transports share that packing: MPI (the engine's ranks) and threads of one process standing in
+// for ranks (InProcessTeam: tests, and any in-process team). On GPUs the same seam takes an NCCL
+// implementation (issue: GPU path).
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
 
 #include "common/mpi_comm.h"
 #include "worker/calibrator.h"
 
 namespace qforge::worker {
 
-class MpiTeamReducer : public TeamReducer {
+// Packs fp32 and fp64 tensors into one flat buffer per dtype and hands each buffer to all_reduce().
+class PackedTeamReducer : public TeamReducer {
+ public:
+  void sum(std::vector<at::Tensor>& tensors) override { reduce(tensors, Op::kSum); }
+  void max(std::vector<at::Tensor>& tensors) override { reduce(tensors, Op::kMax); }
+  // Bytes handed to the collective so far (what a step costs on the wire, per rank).
+  std::uint64_t bytes_reduced() const { return bytes_; }
+
+ protected:
+  enum class Op { kSum, kMax };
+  virtual int team_size() const = 0;
+  // Reduces the contiguous fp32 or fp64 `flat` in place over the team.
+  virtual void all_reduce(at::Tensor& flat, Op op) = 0;
+
+ private:
+  void reduce(std::vector<at::Tensor>& tensors, Op op);
+  std::uint64_t bytes_ = 0;
+};
+
+// Over an MPI communicator. Waits poll `poll` (the worker checks for a coordinator SHUTDOWN there) and
+// give up after `timeout`. The summation order is MPI's (fixed for a given team size and library), so
+// runs are deterministic.
+class MpiTeamReducer : public PackedTeamReducer {
  public:
   MpiTeamReducer(const MpiComm& team, std::chrono::duration<double> timeout, MpiComm::Poll poll, std::string what)
       : team_(team), timeout_(timeout), poll_(std::move(poll)), what_(std::move(what)) {}
-  void sum(std::vector<at::Tensor>& tensors) override { reduce(tensors, false); }
-  void max(std::vector<at::Tensor>& tensors) override { reduce(tensors, true); }
-  std::uint64_t bytes_reduced() const { return bytes_; }
+
+ protected:
+  int team_size() const override { return team_.size(); }
+  void all_reduce(at::Tensor& flat, Op op) override;
 
  private:
-  void reduce(std::vector<at::Tensor>& tensors, bool max);
   const MpiComm& team_;
   std::chrono::duration<double> timeout_;
   MpiComm::Poll poll_;
   std::string what_;
-  std::uint64_t bytes_ = 0;
+};
+
+// A team whose ranks are threads of this process. member(r) is rank r's reducer; every member must
+// call the same collectives in the same order from its own thread. The last member to arrive combines
+// the buffers in rank order (0 + 1 + ... + K-1) and every member receives the result.
+class InProcessTeam {
+ public:
+  explicit InProcessTeam(int size);
+  int size() const { return size_; }
+  std::unique_ptr<PackedTeamReducer> member(int rank);
+
+ private:
+  class Member;
+  void all_reduce(int rank, at::Tensor& flat, bool max);
+  const int size_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<at::Tensor> slots_;
+  at::Tensor result_;
+  int arrived_ = 0;
+  std::uint64_t generation_ = 0;
 };
 
 }  // namespace qforge::worker

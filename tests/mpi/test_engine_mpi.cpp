@@ -24,11 +24,10 @@ using nlohmann::json;
 using test::shell_quote;
 
 // Small but real: 5 GQA blocks, 12 windows of 64 tokens sampled from the model, global batch 3 (one
-// sequence per rank per step on 3 ranks), AffineQuant W4A4 with 2 epochs; block-wise unless a test
-// asks for MRECG joint units (--joint-topk).
-const char* const kJobFlags =
-    " --method affinequant --wbits 4 --abits 4 --calib-data model:generate --nsamples 12 --calib-seqlen 64"
-    " --batch-size 3 --epochs 2 --log-level warn";
+// sequence per rank per step on 3 ranks), AffineQuant W4A4 with 2 epochs unless a test names another
+// recipe; block-wise unless a test asks for MRECG joint units (--joint-topk).
+const char* const kJobFlags = " --calib-data model:generate --nsamples 12 --calib-seqlen 64 --batch-size 3 --log-level warn";
+const char* const kRecipe = " --method affinequant --wbits 4 --abits 4 --epochs 2";
 
 std::string mpirun(int np, const std::string& env = "") {
   // Root is allowed through the environment; --bind-to none because 3 ranks share 2 cores; a hung
@@ -55,28 +54,58 @@ struct EngineMpi : ::testing::Test {
   void TearDown() override {
     if (!HasFailure()) fs::remove_all(dir);
   }
-  test::CommandResult quantize(int np, const std::string& name, const std::string& flags = "", const std::string& env = "") {
+  test::CommandResult quantize(int np, const std::string& name, const std::string& flags = "", const std::string& env = "",
+                               const std::string& recipe = kRecipe) {
     return test::run_command(mpirun(np, env) + test::qforge_binary() + " quantize --model " + shell_quote(model.string()) +
                              " --out " + shell_quote((dir / name / "out").string()) + " --job-dir " +
-                             shell_quote((dir / name / "job").string()) + kJobFlags +
+                             shell_quote((dir / name / "job").string()) + kJobFlags + recipe +
                              (flags.find("--joint-topk") == std::string::npos ? " --joint-topk 0 " : " ") + flags);
   }
   fs::path model, dir;
 };
 
+// 1 vs 3 ranks: the same calibration windows and global batch, so the same method up to summation
+// order (one step is checked to be the same computation within fp32 rounding in test_team_step_mpi.cpp).
+// A whole calibration amplifies rounding-order differences (a flipped weight or activation code changes
+// the straight-through gradient), so the end results are compared within the spread that summation order
+// alone produces on ONE rank. bench/rank_spread.sh measured it for this recipe (AffineQuant W3A8, 4
+// epochs), scored on held-out text (stories260K/generated-eval.txt, windows of 64) against the FP model:
+//   1 rank, 1/2/3 threads x OpenBLAS Haswell/Sandybridge: KL 0.7525..0.7739 (2.8%), ppl 10.35..10.58 (2.3%)
+//   3 ranks: KL 0.7589, ppl 10.39;  RTN W3A8: KL 0.8805, ppl 11.91 (KL margin >= 12%, 4x the spread)
+// (W4A4, the other tests' recipe, does not beat RTN on this model by more than that spread.)
 TEST_F(EngineMpi, SequentialOneAndThreeRanksAgreeAndShareTheSamples) {
   QF_REQUIRE_DATA(model);
-  auto one = quantize(1, "np1");
+  const auto story_dir = test::shared_data() / "models/stories260K";
+  QF_REQUIRE_DATA(story_dir / "generated-eval.txt");
+  const std::string recipe = " --method affinequant --wbits 3 --abits 8 --epochs 4";
+  auto one = quantize(1, "np1", "", "", recipe);
   ASSERT_EQ(one.exit_code, 0) << one.output;
-  auto three = quantize(3, "np3");
+  auto three = quantize(3, "np3", "", "", recipe);
   ASSERT_EQ(three.exit_code, 0) << three.output;
-  // Same windows (drawn once by rank 0), same global batch: same optimisation up to summation order.
+  auto rtn = test::run_command(test::qforge_binary() + " quantize --method rtn --wbits 3 --abits 8 --log-level warn --model " +
+                               shell_quote(model.string()) + " --out " + shell_quote((dir / "rtn").string()));
+  ASSERT_EQ(rtn.exit_code, 0) << rtn.output;
+  // Same windows (drawn once by rank 0), same global batch.
   EXPECT_EQ(sha256_file(dir / "np1/out/calibration.tok"), sha256_file(dir / "np3/out/calibration.tok"));
-  const double p1 = eval_ppl(dir / "np1/out", dir / "np1/out/calibration.tok");
-  const double p3 = eval_ppl(dir / "np3/out", dir / "np1/out/calibration.tok");
-  EXPECT_NEAR(p3 / p1, 1.0, 1e-3) << "np=1 ppl " << p1 << ", np=3 ppl " << p3;
-  const double fp = eval_ppl(model, dir / "np1/out/calibration.tok");
-  EXPECT_GT(p1, fp);  // W4A4 costs something; a no-op quantizer would not
+  auto held_out = [&](const fs::path& m) {
+    auto r = test::run_command(test::qforge_binary() + " eval --log-level warn --json --seqlen 64 --model " +
+                               shell_quote(m.string()) + " --reference " + shell_quote(model.string()) + " --data " +
+                               shell_quote((story_dir / "generated-eval.txt").string()) + " --tokenizer " +
+                               shell_quote((story_dir / "tok512.bin").string()));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return json::parse(r.output.substr(r.output.rfind('{')));
+  };
+  const json e1 = held_out(dir / "np1/out"), e3 = held_out(dir / "np3/out"), er = held_out(dir / "rtn");
+  const double kl1 = e1.at("kl"), kl3 = e3.at("kl"), klr = er.at("kl");
+  SCOPED_TRACE("KL np1 " + std::to_string(kl1) + ", np3 " + std::to_string(kl3) + ", rtn " + std::to_string(klr) +
+               "; ppl np1 " + std::to_string(e1.at("ppl").get<double>()) + ", np3 " + std::to_string(e3.at("ppl").get<double>()));
+  // Within about twice the measured one-rank spread (2.8% KL, 2.3% ppl).
+  EXPECT_NEAR(kl3 / kl1, 1.0, 0.06);
+  EXPECT_NEAR(e3.at("ppl").get<double>() / e1.at("ppl").get<double>(), 1.0, 0.05);
+  // Both beat RTN by more than that spread (measured: 0.855 and 0.862 of RTN's KL).
+  EXPECT_LT(kl1, 0.94 * klr);
+  EXPECT_LT(kl3, 0.94 * klr);
+  EXPECT_GT(kl1, 0.0);  // W3A8 costs something; a no-op quantizer would not
   // Every unit was computed by all three ranks, each with its share: 12 samples / 3 ranks.
   int units = 0;
   for (const auto& r : journal_of(dir / "np3/job")) {

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-namespace qforge::coordinator {
+namespace qforge {
 
 // Seconds remaining at the average rate so far; negative when not yet estimable.
 double estimate_eta_seconds(std::int64_t done, std::int64_t total, double elapsed_seconds);
@@ -33,4 +33,4 @@ class ProgressMeter {
   bool printed_ = false;
 };
 
-}  // namespace qforge::coordinator
+}  // namespace qforge

@@ -1,4 +1,4 @@
-#include "coordinator/progress.h"
+#include "common/progress.h"
 
 #include "common/log.h"
 
@@ -7,7 +7,7 @@
 #include <cmath>
 #include <cstdio>
 
-namespace qforge::coordinator {
+namespace qforge {
 
 double estimate_eta_seconds(std::int64_t done, std::int64_t total, double elapsed_seconds) {
   if (done <= 0 || total <= 0 || elapsed_seconds < 0) return -1.0;
@@ -54,4 +54,4 @@ void ProgressMeter::update(std::int64_t done, double work) {
   }
 }
 
-}  // namespace qforge::coordinator
+}  // namespace qforge
