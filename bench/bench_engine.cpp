@@ -18,6 +18,8 @@
 #include <sstream>
 #include <string>
 #include <thread>
+
+#include <unistd.h>
 #include <vector>
 
 #include "storage/journal.h"

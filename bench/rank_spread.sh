@@ -2,7 +2,8 @@
 # The spread that summation order alone gives a whole calibration, against the effect of the rank count
 # and the margin over RTN: the job of the mpi test "SequentialOneAndThreeRanks..." (stories260K-hf,
 # AffineQuant W3A8, 12 x 64 tokens sampled from the model, global batch 3, 4 epochs), quantized
-#   - on 1 rank with 1, 2 and 3 compute threads, each under two OpenBLAS kernels (Haswell, Sandybridge);
+#   - on 1 rank with 1, 2 and 3 compute threads, each under the BLAS's default kernels and under KNOB
+#     (default MKL_CBWR=COMPATIBLE: MKL's other code path; OPENBLAS_CORETYPE=Sandybridge for an OpenBLAS build);
 #   - on 3 ranks (1 thread each), and with RTN (no training) for the margin;
 # and each result scored on held-out text (stories260K/generated-eval.txt, 25,741 tokens, windows of 64)
 # by perplexity and KL(FP || quantized). Prints one TSV row per run and the spreads.
@@ -36,10 +37,14 @@ score() {  # name dir
 }
 
 printf 'run\tppl\tkl\n' | tee "$out/results.tsv"
-for core in Haswell Sandybridge; do
+knob="${KNOB:-MKL_CBWR=COMPATIBLE}"
+for kernels in default "$knob"; do
+  setting=()
+  [ "$kernels" != default ] && setting=("$kernels")
   for t in 1 2 3; do
-    OPENBLAS_CORETYPE=$core "$qforge" quantize --model "$model" --out "$out/np1-t$t-$core" "${flags[@]}" --threads "$t"
-    score "np1-t$t-$core" "$out/np1-t$t-$core"
+    name="np1-t$t-${kernels//=/-}"
+    env "${setting[@]}" "$qforge" quantize --model "$model" --out "$out/$name" "${flags[@]}" --threads "$t"
+    score "$name" "$out/$name"
   done
 done
 "${mpirun[@]}" -np 3 "$qforge" quantize --model "$model" --out "$out/np3-t1" "${flags[@]}" --threads 1

@@ -24,8 +24,8 @@ int configure_threads(int threads) {
       threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     }
   }
-  at::set_num_threads(threads);
-  // Debian's LibTorch calls BLAS through OpenBLAS (pthread build), whose pool is separate from
+  at::set_num_threads(threads);  // LibTorch's intra-op pool, OpenMP and MKL (the PyPI LibTorch's BLAS)
+  // An OpenBLAS in the process (a LibTorch built against it) keeps a pool of its own, separate from
   // OpenMP's; it is set through its own entry point when the library is present.
   using SetThreads = void (*)(int);
   if (auto fn = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) fn(threads);

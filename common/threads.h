@@ -1,4 +1,4 @@
-// Pins the compute thread count of LibTorch (intra-op, OpenMP) and OpenBLAS for this process.
+// Pins the compute thread count of LibTorch (intra-op, OpenMP, MKL) and any OpenBLAS in this process.
 //
 // Results of BLAS reductions depend on the thread count, so a resumed run must use the same count
 // as the first one; and ranks sharing a machine must not each start one thread per core.

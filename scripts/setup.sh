@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
-# Installs what qforge needs from Debian's packages, then configures and builds it in Release under
-# build/. Safe to re-run: packages already present are not reinstalled and the build is incremental.
+# Installs what qforge needs, then configures and builds it in Release under build/. Safe to re-run:
+# what is present is not installed again and the build is incremental.
+#   - Debian's packages: compilers, Open MPI, HDF5, Boost, SentencePiece, GoogleTest, nlohmann-json,
+#     OpenSSL, zlib, Slurm (the slurm test tier), Python's venv;
+#   - LibTorch from PyPI: the `torch` wheel pinned to the H200's version (2.11.0, a CUDA 13.0 build that runs
+#     on CPU-only machines too) in a virtual environment kept outside the tree, so that every clone and CI
+#     run on this machine reuses it (the wheel and its nvidia-* dependencies are ~4.6 GB).
+#   - CUDA code is built whenever that LibTorch has CUDA and nvcc is found (CUDA 13 toolkit, sm_90 + PTX).
+# Environment:
 #   QFORGE_SKIP_APT=1   skip the package step (dependencies installed some other way)
 #   QFORGE_BUILD_DIR    build folder (default: build)
+#   QFORGE_VENV         the virtual environment (default: ~/.cache/qforge/venv-torch2.11.0)
+#   CUDACXX             nvcc to use (default: nvcc on PATH, else /usr/local/cuda/bin/nvcc)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/torch_env.sh
+source scripts/torch_env.sh
 
-packages=(cmake g++ make pkg-config git
-  libtorch-dev libopenblas0-pthread        # LibTorch 1.13 (CPU); OpenBLAS makes it ~10x faster than generic BLAS
+packages=(cmake g++ make pkg-config git python3 python3-venv python3-pip
   libopenmpi-dev openmpi-bin libhdf5-dev libboost-program-options-dev
-  googletest libgtest-dev nlohmann-json3-dev libsentencepiece-dev
+  googletest libgtest-dev nlohmann-json3-dev libsentencepiece-dev libssl-dev zlib1g-dev
   slurmctld slurmd slurm-client munge libpmix-dev)  # the slurm test tier (slurm/dev/local-cluster.sh)
 
 if [ "${QFORGE_SKIP_APT:-0}" != "1" ]; then
@@ -26,7 +36,19 @@ if [ "${QFORGE_SKIP_APT:-0}" != "1" ]; then
   fi
 fi
 
+qforge_torch_venv   # creates the venv and installs torch unless it is there already
+
 build="${QFORGE_BUILD_DIR:-build}"
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release
+torch_dir="$("$QFORGE_VENV/bin/python" -c "import torch; print(torch.utils.cmake_prefix_path)" 2>/dev/null)/Torch"
+if [ -f "$build/CMakeCache.txt" ] && ! grep -qx "Torch_DIR:PATH=$torch_dir" "$build/CMakeCache.txt"; then
+  echo "setup: $build was configured against another LibTorch; configuring it afresh"
+  rm -rf "$build/CMakeCache.txt" "$build/CMakeFiles"
+fi
+cuda_args=()
+nvcc="${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
+[ -x "$nvcc" ] && cuda_args=(-DCMAKE_CUDA_COMPILER="$nvcc")
+# LibTorch's CMake config compiles CUDA for the architectures listed here: the H200 (sm_90) and PTX.
+TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0+PTX}" \
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$(qforge_torch_prefix_path)" "${cuda_args[@]}"
 cmake --build "$build" -j"$(nproc)"
-echo "setup: built $build/jobs/qforge"
+echo "setup: built $build/jobs/qforge against LibTorch $(qforge_torch_version)"

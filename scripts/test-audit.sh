@@ -9,16 +9,21 @@
 #
 #   --threads   thread counts, through the suite's knob QFORGE_TEST_THREADS (default "1 2")
 #   --knob      the BLAS kernel switch and its values; the value "default" leaves it unset, i.e. the
-#               library's own choice (default OPENBLAS_CORETYPE=Haswell,Sandybridge; for MKL builds
-#               MKL_ENABLE_INSTRUCTIONS=AVX2,default)
+#               library's own choice. Default MKL_CBWR=COMPATIBLE,default: LibTorch from PyPI calls MKL,
+#               and on AMD CPUs MKL_ENABLE_INSTRUCTIONS changes nothing (MKL runs its generic path there;
+#               the GEMM fingerprint proves it), while MKL_CBWR=COMPATIBLE selects other kernels. On an
+#               Intel CPU, MKL_ENABLE_INSTRUCTIONS=AVX2,default; with an OpenBLAS build,
+#               OPENBLAS_CORETYPE=Haswell,Sandybridge.
 #   CTEST ARGS  passed to ctest (e.g. -L unit, -R Eval)
 # Logs go to $QFORGE_BUILD_DIR/audit/<threads>-<value>/ (ctest's LastTest.log and the BLAS report).
 # Exit status: 0 when every run passed and proved its settings.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/torch_env.sh
+source scripts/torch_env.sh
 build="${QFORGE_BUILD_DIR:-build}"
 threads="1 2"
-knob="OPENBLAS_CORETYPE=Haswell,Sandybridge"
+knob="MKL_CBWR=COMPATIBLE,default"
 ctest_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -32,13 +37,22 @@ var="${knob%%=*}"
 IFS=',' read -r -a values <<< "${knob#*=}"
 [ -x "$build/jobs/qforge" ] || { echo "test-audit: build qforge first (scripts/setup.sh)" >&2; exit 2; }
 
-# What the BLAS library says it runs under the current environment.
+# What the BLAS library says it runs under the current environment. MKL on a non-Intel CPU reports no
+# instruction set, so its line is the conditional-numerical-reproducibility mode of a GEMM the tests
+# run plus a fingerprint of one GEMM through the same LibTorch (the venv's torch): two selections that
+# really differ give two fingerprints.
 blas_report() {
   case "$var" in
     OPENBLAS_*) { OPENBLAS_VERBOSE=2 "$build/jobs/qforge" --version 2>&1 || true; } | grep -i "^core" | head -1 |
                 grep . || echo "no OpenBLAS report" ;;
-    MKL_*) { MKL_VERBOSE=1 "$build/tests/qforge_unit_tests" --gtest_filter='TeamStep.ATeamOfOne*' 2>&1 || true; } |
-             grep "MKL_VERBOSE Intel" | head -1 | grep . || echo "no MKL report" ;;
+    MKL_*)
+      local cnr fp
+      cnr=$({ MKL_VERBOSE=1 "$build/tests/qforge_unit_tests" --gtest_filter='TeamStep.ATeamOfOne*' 2>&1 || true; } |
+            grep -o "CNR:[A-Za-z0-9_]*" | head -1)
+      fp=$("$QFORGE_VENV/bin/python" -c "import hashlib, torch; torch.manual_seed(0)
+c = torch.randn(257, 511) @ torch.randn(511, 263)
+print(hashlib.sha256(str(c.view(torch.int32).flatten().tolist()).encode()).hexdigest()[:12])" 2>/dev/null)
+      if [ -n "$cnr" ] && [ -n "$fp" ]; then echo "MKL $cnr, GEMM fingerprint $fp"; else echo "no MKL report"; fi ;;
     *) echo "(no kernel report for $var)" ;;
   esac
 }

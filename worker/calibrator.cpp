@@ -231,7 +231,7 @@ std::vector<std::pair<std::string, at::Tensor>> UnitTrainer::state() const {
     for (const auto& group : optimizer_->param_groups()) {
       for (const auto& p : group.params()) {
         const std::string key = "adamw." + std::to_string(k++);
-        const auto it = optimizer_->state().find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+        const auto it = optimizer_->state().find(p.unsafeGetTensorImpl());
         if (it == optimizer_->state().end()) continue;  // before the first step
         const auto& st = static_cast<const torch::optim::AdamWParamState&>(*it->second);
         out.emplace_back(key + ".exp_avg", st.exp_avg().detach().clone());
@@ -266,7 +266,7 @@ void UnitTrainer::load_state(const std::vector<std::pair<std::string, at::Tensor
         st->step(take(key + ".step").item<std::int64_t>());
         st->exp_avg(take(key + ".exp_avg").clone());
         st->exp_avg_sq(take(key + ".exp_avg_sq").clone());
-        optimizer_->state()[c10::guts::to_string(p.unsafeGetTensorImpl())] = std::move(st);
+        optimizer_->state()[p.unsafeGetTensorImpl()] = std::move(st);
       }
     }
   }
