@@ -27,7 +27,7 @@ int run_eval(const Args& args) {
       ("reference", po::value<std::string>(), "reference model folder: also report KL(ref||model) and top-1 agreement")
       ("json", po::bool_switch(), "print one JSON object on stdout")
       ("dtype", po::value<std::string>()->default_value("float32"), "compute dtype: float32|bfloat16|float16")
-      ("device", po::value<std::string>()->default_value("cpu"), "cpu|cuda|cuda:N")
+      ("device", po::value<std::string>()->default_value("auto"), "cpu|cuda|cuda:N|auto (auto: the GPU if there is one)")
       ("c4-samples", po::value<std::int64_t>()->default_value(256), "c4: number of windows drawn")
       ("seed", po::value<std::uint64_t>()->default_value(0), "c4: random.seed for window sampling (GPTQ uses 0)")
       ("max-windows", po::value<std::int64_t>()->default_value(0), "evaluate only the first N windows (0: all)")

@@ -3,6 +3,7 @@
 #include "storage/export.h"
 
 #include <ATen/ATen.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 
 #include "common/error.h"
 
@@ -15,8 +16,10 @@ at::ScalarType parse_compute_dtype(const std::string& name) {
   throw InputError("--dtype", "", "unknown dtype '" + name + "' (float32|bfloat16|float16)");
 }
 
-at::Device parse_device(const std::string& name) {
+at::Device parse_device(const std::string& name, int local_rank) {
+  const int gpus = at::hasCUDA() ? static_cast<int>(at::detail::getCUDAHooks().getNumGPUs()) : 0;
   if (name == "cpu") return at::kCPU;
+  if (name == "auto") return gpus > 0 ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank % gpus)) : at::Device(at::kCPU);
   if (name.rfind("cuda", 0) == 0) {
     at::Device d = at::kCPU;
     try {
@@ -24,10 +27,13 @@ at::Device parse_device(const std::string& name) {
     } catch (const std::exception&) {
       throw InputError("--device", "", "cannot parse device '" + name + "'");
     }
-    if (!at::hasCUDA()) throw InputError("--device", "", "'" + name + "' requested but this build/machine has no CUDA device");
+    if (gpus == 0) throw InputError("--device", "", "'" + name + "' requested but this build/machine has no CUDA device");
+    if (d.has_index() && d.index() >= gpus) {
+      throw InputError("--device", "", "'" + name + "' requested but this machine has " + std::to_string(gpus) + " GPU(s)");
+    }
     return d;
   }
-  throw InputError("--device", "", "unknown device '" + name + "' (cpu|cuda|cuda:N)");
+  throw InputError("--device", "", "unknown device '" + name + "' (cpu|cuda|cuda:N|auto)");
 }
 
 partition::ModelIndex index_checkpoint(const storage::LlamaConfig& config, const storage::CheckpointReader& ckpt) {

@@ -31,8 +31,10 @@ struct ModelOptions {
 
 // "float32" | "bfloat16" | "float16" -> scalar type; InputError otherwise.
 at::ScalarType parse_compute_dtype(const std::string& name);
-// "cpu" | "cuda" | "cuda:N"; InputError when CUDA is asked for but unavailable.
-at::Device parse_device(const std::string& name);
+// "cpu" | "cuda" | "cuda:N" | "auto"; InputError when CUDA is asked for but unavailable or N is not a
+// device of this machine. "auto" is the GPU of this rank (local_rank modulo the GPUs on the node) when
+// there is one, else the CPU.
+at::Device parse_device(const std::string& name, int local_rank = 0);
 
 // Builds the model index of a checkpoint (names, shapes, dtypes; no weights read).
 // The model's checkpoint as blocks see it: exported GPTQ/compressed-tensors folders show their packed

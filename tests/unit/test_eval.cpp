@@ -89,6 +89,26 @@ TEST(Eval, TokenFileGivesSamePerplexityAsText) {
   fs::remove_all(tmp);
 }
 
+// --device: auto (the default) is the GPU when there is one, else the CPU, with the CPU's figure;
+// a GPU asked for on a machine without one, or a device that does not exist, is bad input (exit 2).
+TEST(Eval, DeviceAutoIsTheCpuWithoutAGpuAndCudaIsRefusedThere) {
+  const fs::path dir = test::shared_data() / "models/stories260K-hf";
+  const fs::path text = test::shared_data() / "tinystories/tinystories_sample.txt";
+  const fs::path tok = test::shared_data() / "models/stories260K/tok512.bin";
+  QF_REQUIRE_DATA(text);
+  const std::string flags = "--model " + shell_quote(dir.string()) + " --data " + shell_quote(text.string()) +
+                            " --tokenizer " + shell_quote(tok.string()) + " --seqlen 128";
+  if (at::hasCUDA()) GTEST_SKIP() << "this machine has a GPU: auto is not the CPU here (the gpu tier covers it)";
+  const json cpu = run_eval_json(flags + " --device cpu");
+  EXPECT_DOUBLE_EQ(run_eval_json(flags).at("ppl").get<double>(), cpu.at("ppl").get<double>());
+  EXPECT_DOUBLE_EQ(run_eval_json(flags + " --device auto").at("ppl").get<double>(), cpu.at("ppl").get<double>());
+  for (const std::string bad : {"cuda", "cuda:1", "tpu"}) {
+    auto r = test::run_command(test::qforge_binary() + " eval --log-level warn " + flags + " --device " + bad);
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.output;
+    EXPECT_NE(r.output.find("--device"), std::string::npos) << r.output;
+  }
+}
+
 TEST(EvalWindows, CutsNonOverlappingWindowsAndDropsTail) {
   std::vector<std::int32_t> ids(23);
   for (int i = 0; i < 23; ++i) ids[static_cast<std::size_t>(i)] = i;
