@@ -18,9 +18,9 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <unistd.h>
-#include <vector>
 
 #include "storage/journal.h"
 

@@ -39,8 +39,7 @@ fi
 qforge_torch_venv   # creates the venv and installs torch unless it is there already
 
 build="${QFORGE_BUILD_DIR:-build}"
-torch_dir="$("$QFORGE_VENV/bin/python" -c "import torch; print(torch.utils.cmake_prefix_path)" 2>/dev/null)/Torch"
-if [ -f "$build/CMakeCache.txt" ] && ! grep -qx "Torch_DIR:PATH=$torch_dir" "$build/CMakeCache.txt"; then
+if [ -f "$build/CMakeCache.txt" ] && ! grep -qx "Torch_DIR:PATH=$(qforge_torch_dir)" "$build/CMakeCache.txt"; then
   echo "setup: $build was configured against another LibTorch; configuring it afresh"
   rm -rf "$build/CMakeCache.txt" "$build/CMakeFiles"
 fi

@@ -1,4 +1,4 @@
-# Sourced by scripts/setup.sh and the benchmarks: where qforge's LibTorch (the PyPI torch wheel) lives.
+# Sourced by scripts/setup.sh and scripts/test-audit.sh: where qforge's LibTorch (the PyPI torch wheel) lives.
 # One owner of the pinned version and the virtual environment's location.
 QFORGE_TORCH_VERSION="2.11.0"
 QFORGE_VENV="${QFORGE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/qforge/venv-torch${QFORGE_TORCH_VERSION}}"
@@ -20,6 +20,11 @@ qforge_torch_venv() {
 # system libtorch), then its CMake folder.
 qforge_torch_prefix_path() {
   "$QFORGE_VENV/bin/python" -c "import os, torch; print(os.path.dirname(torch.__file__) + ';' + torch.utils.cmake_prefix_path)" 2>/dev/null
+}
+
+# The Torch_DIR a build configured against this LibTorch records in its CMakeCache.txt.
+qforge_torch_dir() {
+  "$QFORGE_VENV/bin/python" -c "import torch; print(torch.utils.cmake_prefix_path + '/Torch')" 2>/dev/null
 }
 
 qforge_torch_version() {

@@ -175,11 +175,13 @@ double UnitTrainer::step(const at::Tensor& x, const at::Tensor& y, const at::Ten
   const double per_row = rows > 0 ? static_cast<double>(x.numel() / rows) : 0.0;
   const double denom = static_cast<double>(global_rows < 0 ? rows : global_rows) * per_row;
   const std::int64_t micro = options_.front().micro_batch > 0 ? options_.front().micro_batch : std::max<std::int64_t>(1, rows);
+  const std::vector<ActQuantSpec> acts = act_specs(options_);
   optimizer_->zero_grad();
   double lv = 0.0;
   for (std::int64_t i = 0; i < rows; i += micro) {
     auto part = [&](const at::Tensor& t) { return t.defined() ? t.slice(0, i, std::min(rows, i + micro)) : t; };
-    at::Tensor out = chain_forward(config_, fake_quantized(), part(x), rope_, act_specs(options_));
+    // The fake-quantized weights are rebuilt per micro-batch: each backward consumes its own graph.
+    at::Tensor out = chain_forward(config_, fake_quantized(), part(x), rope_, acts);
     at::Tensor loss = (out - part(y)).pow(2).sum() / denom;
     if (options_.front().aug_loss) loss = loss + (out - part(y2)).pow(2).sum() / denom;
     loss.backward();

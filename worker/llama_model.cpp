@@ -17,8 +17,8 @@ at::ScalarType parse_compute_dtype(const std::string& name) {
 }
 
 at::Device parse_device(const std::string& name, int local_rank) {
-  const int gpus = at::hasCUDA() ? static_cast<int>(at::detail::getCUDAHooks().getNumGPUs()) : 0;
   if (name == "cpu") return at::kCPU;
+  const int gpus = at::hasCUDA() ? static_cast<int>(at::detail::getCUDAHooks().getNumGPUs()) : 0;
   if (name == "auto") return gpus > 0 ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank % gpus)) : at::Device(at::kCPU);
   if (name.rfind("cuda", 0) == 0) {
     at::Device d = at::kCPU;

@@ -29,21 +29,12 @@ using test::shell_quote;
 const char* const kJobFlags = " --calib-data model:generate --nsamples 12 --calib-seqlen 64 --batch-size 3 --log-level warn";
 const char* const kRecipe = " --method affinequant --wbits 4 --abits 4 --epochs 2";
 
-std::string mpirun(int np, const std::string& env = "") {
-  // Root is allowed through the environment; --bind-to none because 3 ranks share 2 cores; a hung
-  // launcher is ended by timeout(1) rather than stalling the whole test run.
-  return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 " + env +
-         " timeout -k 10 300 mpirun --oversubscribe --bind-to none -np " + std::to_string(np) + " ";
-}
-
 std::vector<json> journal_of(const fs::path& job) { return storage::replay_journal(job / "journal.log").records; }
 
 double eval_ppl(const fs::path& model, const fs::path& tokens) {
-  auto r = test::run_command(test::qforge_binary() + " eval --log-level warn --json --model " + shell_quote(model.string()) +
-                             " --data " + shell_quote(tokens.string()) + " --seqlen 64");
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  const auto pos = r.output.rfind('{');
-  return pos == std::string::npos ? NAN : json::parse(r.output.substr(pos)).at("ppl").get<double>();
+  return test::qforge_eval_json("--model " + shell_quote(model.string()) + " --data " + shell_quote(tokens.string()) +
+                                " --seqlen 64")
+      .value("ppl", NAN);
 }
 
 struct EngineMpi : ::testing::Test {
@@ -56,7 +47,7 @@ struct EngineMpi : ::testing::Test {
   }
   test::CommandResult quantize(int np, const std::string& name, const std::string& flags = "", const std::string& env = "",
                                const std::string& recipe = kRecipe) {
-    return test::run_command(mpirun(np, env) + test::qforge_binary() + " quantize --model " + shell_quote(model.string()) +
+    return test::run_command(test::mpirun_prefix(np, env) + test::qforge_binary() + " quantize --model " + shell_quote(model.string()) +
                              " --out " + shell_quote((dir / name / "out").string()) + " --job-dir " +
                              shell_quote((dir / name / "job").string()) + kJobFlags + recipe +
                              (flags.find("--joint-topk") == std::string::npos ? " --joint-topk 0 " : " ") + flags);
@@ -91,12 +82,10 @@ TEST_F(EngineMpi, SequentialOneAndThreeRanksAgreeAndShareTheSamples) {
   // Same windows (drawn once by rank 0), same global batch.
   EXPECT_EQ(sha256_file(dir / "np1/out/calibration.tok"), sha256_file(dir / "np3/out/calibration.tok"));
   auto held_out = [&](const fs::path& m) {
-    auto r = test::run_command(test::qforge_binary() + " eval --log-level warn --json --seqlen 64 --model " +
-                               shell_quote(m.string()) + " --reference " + shell_quote(model.string()) + " --data " +
-                               shell_quote((story_dir / "generated-eval.txt").string()) + " --tokenizer " +
-                               shell_quote((story_dir / "tok512.bin").string()));
-    EXPECT_EQ(r.exit_code, 0) << r.output;
-    return json::parse(r.output.substr(r.output.rfind('{')));
+    return test::qforge_eval_json("--seqlen 64 --model " + shell_quote(m.string()) + " --reference " +
+                                  shell_quote(model.string()) + " --data " +
+                                  shell_quote((story_dir / "generated-eval.txt").string()) + " --tokenizer " +
+                                  shell_quote((story_dir / "tok512.bin").string()));
   };
   const json e1 = held_out(dir / "np1/out"), e3 = held_out(dir / "np3/out"), er = held_out(dir / "rtn");
   const double kl1 = e1.at("kl"), kl3 = e3.at("kl"), klr = er.at("kl");
@@ -360,7 +349,7 @@ TEST_F(EngineMpi, PeakRssPerRankStaysWithinOneUnitPlusOneSlice) {
   auto mk = test::run_command(test::qforge_binary() + " make-synthetic --shape small --out " + shell_quote(syn.string()));
   ASSERT_EQ(mk.exit_code, 0) << mk.output;
   model = syn;
-  auto r = test::run_command(mpirun(3) + test::qforge_binary() + " quantize --model " + shell_quote(syn.string()) + " --out " +
+  auto r = test::run_command(test::mpirun_prefix(3) + test::qforge_binary() + " quantize --model " + shell_quote(syn.string()) + " --out " +
                              shell_quote((dir / "rss/out").string()) + " --job-dir " + shell_quote((dir / "rss/job").string()) +
                              " --method omniquant --wbits 4 --abits 4 --calib-data model:generate --nsamples 12"
                              " --calib-seqlen 128 --batch-size 3 --epochs 1 --log-level warn");

@@ -15,20 +15,16 @@ namespace {
 TEST(TeamStepMpi, ThreeProcessesEqualOneRankWithinTheSummationOrderBound) {
   const auto dir = test::make_temp_dir("team-step-mpi");
   const auto file = dir / "np3.safetensors";
-  auto r = test::run_command(
-      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout -k 10 300 mpirun --oversubscribe --bind-to none -np 3 " +
-      test::shell_quote(QFORGE_ONE_STEP_PROBE) + " " + test::shell_quote(file.string()));
+  auto r = test::run_command(test::mpirun_prefix(3) + test::shell_quote(QFORGE_ONE_STEP_PROBE) + " " +
+                             test::shell_quote(file.string()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   storage::SafetensorsFile f(file);
   EXPECT_EQ(f.metadata().at("ranks"), "3");
 
-  const int before = at::get_num_threads();
-  at::set_num_threads(1);
+  test::OneComputeThread one;  // as the probe's ranks (configure_threads(1))
   test::OneStepProblem p;
   const test::StepOutcome single = test::one_step(p, 1, 0, nullptr);
-  std::vector<test::StepOutcome> shares;
-  for (std::int64_t k = 0; k < test::kOneStepSamples; ++k) shares.push_back(test::one_sample_share(p, k));
-  at::set_num_threads(before);
+  const auto shares = test::sample_shares(p);
 
   test::StepOutcome team;
   team.loss = std::stod(f.metadata().at("loss"));

@@ -114,8 +114,7 @@ class Slurm : public ::testing::Test {
     if (ref.empty()) {
       keep = test::make_temp_dir("slurm-ref");
       const auto r = test::run_command(
-          "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout -k 10 300 mpirun --oversubscribe --bind-to none -np 2 " +
-          test::qforge_binary() + " quantize --model " + shell_quote(model_.string()) + " --out " +
+          test::mpirun_prefix(2) + test::qforge_binary() + " quantize --model " + shell_quote(model_.string()) + " --out " +
           shell_quote((keep / "out").string()) + " --job-dir " + shell_quote((keep / "job").string()) + kFlags);
       EXPECT_EQ(r.exit_code, 0) << r.output;
       if (r.exit_code == 0) ref = test::file_digests(keep / "out");

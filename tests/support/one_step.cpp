@@ -2,23 +2,17 @@
 
 #include <ATen/ATen.h>
 
+#include <ATen/Parallel.h>
+
 #include <cmath>
-#include <limits>
-#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "partition/sample_split.h"
+#include "tests/support/small_model.h"
 
 namespace qforge::test {
 
 namespace {
-
-storage::LlamaConfig one_step_config() {
-  nlohmann::json j = {{"architectures", {"LlamaForCausalLM"}}, {"hidden_size", 32}, {"intermediate_size", 48},
-                      {"num_hidden_layers", 1}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
-                      {"vocab_size", 64}, {"max_position_embeddings", 64}, {"rms_norm_eps", 1e-5}};
-  return storage::parse_llama_config(j, "one-step problem");
-}
 
 StepOutcome step_on(const OneStepProblem& p, const at::Tensor& rows, std::int64_t global_rows, worker::TeamReducer* reducer) {
   const std::vector<worker::BlockWeights> fp{p.fp};  // the trainer keeps a reference
@@ -39,7 +33,7 @@ double gamma(int m, double u) { return m * u / (1.0 - m * u); }
 
 }  // namespace
 
-OneStepProblem::OneStepProblem() : config(one_step_config()) {
+OneStepProblem::OneStepProblem() : config(small_llama_config(4, 2)) {
   at::manual_seed(20261204);
   constexpr std::int64_t kLen = 16;
   fp = worker::BlockWeights::random(config, at::kFloat, 0.2, 0.1);
@@ -65,6 +59,15 @@ StepOutcome one_step(const OneStepProblem& p, int team_size, int rank, worker::T
 StepOutcome one_sample_share(const OneStepProblem& p, std::int64_t k) {
   return step_on(p, at::tensor(std::vector<std::int64_t>{k}, at::kLong), kOneStepSamples, nullptr);
 }
+
+std::vector<StepOutcome> sample_shares(const OneStepProblem& p) {
+  std::vector<StepOutcome> s;
+  for (std::int64_t k = 0; k < kOneStepSamples; ++k) s.push_back(one_sample_share(p, k));
+  return s;
+}
+
+OneComputeThread::OneComputeThread() : before_(at::get_num_threads()) { at::set_num_threads(1); }
+OneComputeThread::~OneComputeThread() { at::set_num_threads(before_); }
 
 std::string compare_steps(const StepOutcome& team, const StepOutcome& single, const std::vector<StepOutcome>& shares) {
   std::ostringstream why;

@@ -45,6 +45,22 @@ StepOutcome one_step(const OneStepProblem& p, int team_size, int rank, worker::T
 // One step of a team of one on sample `k` alone, normalised by the global batch: that sample's share
 // of the team's loss and gradient.
 StepOutcome one_sample_share(const OneStepProblem& p, std::int64_t k);
+// Every sample's share, in sample order.
+std::vector<StepOutcome> sample_shares(const OneStepProblem& p);
+
+// The per-sample work must be the same computation in every team, so the comparisons run with one
+// compute thread (the thread count changes ATen's reduction order; it is not what is under test).
+// Pins it for the object's life and restores the count before.
+class OneComputeThread {
+ public:
+  OneComputeThread();
+  ~OneComputeThread();
+  OneComputeThread(const OneComputeThread&) = delete;
+  OneComputeThread& operator=(const OneComputeThread&) = delete;
+
+ private:
+  int before_;
+};
 
 // Compares a team's step with a team of one's. Both add the same n per-sample terms t_k in a different
 // order, so each is within γ_{n-1}·Σ|t_k| of the exact sum (recursive summation, γ_m = m·u/(1−m·u),

@@ -20,20 +20,13 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 using test::shell_quote;
 
-json run_eval_json(const std::string& flags) {
-  auto r = test::run_command(test::qforge_binary() + " eval --log-level warn --json " + flags);
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  // The JSON object is the last line of the output.
-  auto pos = r.output.rfind('{');
-  if (pos == std::string::npos) return json::object();
-  return json::parse(r.output.substr(pos));
-}
+using test::qforge_eval_json;
 
 TEST(Eval, Ref6mPerplexityMatchesReferenceWithinHalfPercent) {
   const fs::path dir = test::shared_data() / "models/ref-6m";
   QF_REQUIRE_DATA(dir / "model.safetensors");
   json ref = json::parse(read_file(dir / "reference_eval.json"))["seqlen_256"];
-  json got = run_eval_json("--model " + shell_quote(dir.string()) + " --data " +
+  json got = qforge_eval_json("--model " + shell_quote(dir.string()) + " --data " +
                            shell_quote((dir / "valid-sample.txt").string()) + " --tokenizer " +
                            shell_quote((dir / "tokenizer.model").string()) + " --seqlen 256");
   ASSERT_TRUE(got.contains("ppl")) << got.dump();
@@ -49,7 +42,7 @@ TEST(Eval, Stories260KGeneratedTextMatchesReference) {
   const fs::path dir = test::shared_data() / "models/stories260K-hf";
   const fs::path text = test::shared_data() / "models/stories260K/generated-eval.txt";
   QF_REQUIRE_DATA(text);
-  json got = run_eval_json("--model " + shell_quote(dir.string()) + " --data " + shell_quote(text.string()) +
+  json got = qforge_eval_json("--model " + shell_quote(dir.string()) + " --data " + shell_quote(text.string()) +
                            " --tokenizer " + shell_quote((test::shared_data() / "models/stories260K/tok512.bin").string()) +
                            " --seqlen 256");
   ASSERT_TRUE(got.contains("ppl")) << got.dump();
@@ -62,7 +55,7 @@ TEST(Eval, ModelAgainstItselfHasZeroKlAndFullAgreement) {
   const fs::path dir = test::shared_data() / "models/stories260K-hf";
   const fs::path text = test::shared_data() / "tinystories/tinystories_sample.txt";
   QF_REQUIRE_DATA(text);
-  json got = run_eval_json("--model " + shell_quote(dir.string()) + " --reference " + shell_quote(dir.string()) +
+  json got = qforge_eval_json("--model " + shell_quote(dir.string()) + " --reference " + shell_quote(dir.string()) +
                            " --data " + shell_quote(text.string()) + " --tokenizer " +
                            shell_quote((test::shared_data() / "models/stories260K/tok512.bin").string()) + " --seqlen 128");
   ASSERT_TRUE(got.contains("kl")) << got.dump();
@@ -79,9 +72,9 @@ TEST(Eval, TokenFileGivesSamePerplexityAsText) {
   auto r = test::run_command(test::qforge_binary() + " tokenize --log-level warn --data " + shell_quote(text.string()) +
                              " --tokenizer " + shell_quote(tok.string()) + " --out " + shell_quote((tmp / "t.tok").string()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  json a = run_eval_json("--model " + shell_quote(dir.string()) + " --data " + shell_quote(text.string()) +
+  json a = qforge_eval_json("--model " + shell_quote(dir.string()) + " --data " + shell_quote(text.string()) +
                          " --tokenizer " + shell_quote(tok.string()) + " --seqlen 128");
-  json b = run_eval_json("--model " + shell_quote(dir.string()) + " --data " + shell_quote((tmp / "t.tok").string()) +
+  json b = qforge_eval_json("--model " + shell_quote(dir.string()) + " --data " + shell_quote((tmp / "t.tok").string()) +
                          " --seqlen 128");
   EXPECT_EQ(b["data_format"], "tokens");
   EXPECT_EQ(a["tokens"], b["tokens"]);
@@ -99,9 +92,9 @@ TEST(Eval, DeviceAutoIsTheCpuWithoutAGpuAndCudaIsRefusedThere) {
   const std::string flags = "--model " + shell_quote(dir.string()) + " --data " + shell_quote(text.string()) +
                             " --tokenizer " + shell_quote(tok.string()) + " --seqlen 128";
   if (at::hasCUDA()) GTEST_SKIP() << "this machine has a GPU: auto is not the CPU here (the gpu tier covers it)";
-  const json cpu = run_eval_json(flags + " --device cpu");
-  EXPECT_DOUBLE_EQ(run_eval_json(flags).at("ppl").get<double>(), cpu.at("ppl").get<double>());
-  EXPECT_DOUBLE_EQ(run_eval_json(flags + " --device auto").at("ppl").get<double>(), cpu.at("ppl").get<double>());
+  const json cpu = qforge_eval_json(flags + " --device cpu");
+  EXPECT_DOUBLE_EQ(qforge_eval_json(flags).at("ppl").get<double>(), cpu.at("ppl").get<double>());
+  EXPECT_DOUBLE_EQ(qforge_eval_json(flags + " --device auto").at("ppl").get<double>(), cpu.at("ppl").get<double>());
   for (const std::string bad : {"cuda", "cuda:1", "tpu"}) {
     auto r = test::run_command(test::qforge_binary() + " eval --log-level warn " + flags + " --device " + bad);
     EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.output;

@@ -24,10 +24,9 @@ using test::shell_quote;
 test::CommandResult qf(const std::string& args) { return test::run_command(test::qforge_binary() + " " + args + " --log-level warn"); }
 
 double ppl(const fs::path& model, const fs::path& data) {
-  auto r = qf("eval --json --seqlen 256 --max-windows 40 --model " + shell_quote(model.string()) + " --data " + shell_quote(data.string()));
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  const auto pos = r.output.rfind('{');
-  return pos == std::string::npos ? 0 : json::parse(r.output.substr(pos)).at("ppl").get<double>();
+  return test::qforge_eval_json("--seqlen 256 --max-windows 40 --model " + shell_quote(model.string()) + " --data " +
+                                shell_quote(data.string()))
+      .value("ppl", 0.0);
 }
 
 // Every tensor of the fake-quant folder equals the exported folder's (dequantized) tensor bit for bit,

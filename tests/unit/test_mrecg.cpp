@@ -11,6 +11,7 @@
 #include "coordinator/job_state.h"
 #include "coordinator/oscillation.h"
 #include "storage/hf_config.h"
+#include "tests/support/small_model.h"
 #include "worker/block_transforms.h"
 #include "worker/calibrator.h"
 
@@ -19,12 +20,7 @@ namespace {
 
 using nlohmann::json;
 
-storage::LlamaConfig tiny_config() {
-  json j = {{"architectures", {"LlamaForCausalLM"}}, {"hidden_size", 32}, {"intermediate_size", 48},
-            {"num_hidden_layers", 3}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
-            {"vocab_size", 64}, {"max_position_embeddings", 64}, {"rms_norm_eps", 1e-5}};
-  return storage::parse_llama_config(j, "test");
-}
+storage::LlamaConfig tiny_config() { return test::small_llama_config(4, 2, 3); }
 
 struct JointFixture {
   storage::LlamaConfig c = tiny_config();

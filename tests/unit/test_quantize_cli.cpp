@@ -17,12 +17,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using test::shell_quote;
 
-json eval_json(const std::string& flags) {
-  auto r = test::run_command(test::qforge_binary() + " eval --log-level warn --json " + flags);
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  auto pos = r.output.rfind('{');
-  return pos == std::string::npos ? json::object() : json::parse(r.output.substr(pos));
-}
+using test::qforge_eval_json;
 
 struct QuantizeCli : ::testing::Test {
   void SetUp() override {
@@ -55,7 +50,7 @@ TEST_F(QuantizeCli, AffineQuantW4A4FromModelGenerateReloadsToTheInMemoryModel) {
   for (const auto& b : report["blocks"]) EXPECT_LE(b["final_loss"].get<double>(), b["initial_loss"].get<double>() * 1.05);
   // Evaluating the written folder on the calibration windows reproduces the in-memory quantized model
   // (weights, folded norms and W4A4 activation quantization all survive the round trip).
-  json got = eval_json("--model " + shell_quote(out.string()) + " --data " + shell_quote((out / "calibration.tok").string()) +
+  json got = qforge_eval_json("--model " + shell_quote(out.string()) + " --data " + shell_quote((out / "calibration.tok").string()) +
                        " --seqlen 64");
   EXPECT_NEAR(got["mean_nll"].get<double>() / report["calibration_mean_nll"].get<double>(), 1.0, 1e-5);
   // The sidecar holds codes, fp16 scales and zero points for all 35 linears.
@@ -75,8 +70,8 @@ TEST_F(QuantizeCli, RtnIsWorseThanFpAndFaithfulRecordsExtras) {
   EXPECT_EQ(cfg.quant->weight_bits(0), 8);
   EXPECT_EQ(cfg.quant->weight_bits(1), 3);
   const std::string data = " --data " + shell_quote(text.string()) + " --tokenizer " + shell_quote(tok.string()) + " --seqlen 256";
-  json fp = eval_json("--model " + shell_quote(model.string()) + data);
-  json q = eval_json("--model " + shell_quote((dir / "rtn").string()) + " --reference " + shell_quote(model.string()) + data);
+  json fp = qforge_eval_json("--model " + shell_quote(model.string()) + data);
+  json q = qforge_eval_json("--model " + shell_quote((dir / "rtn").string()) + " --reference " + shell_quote(model.string()) + data);
   EXPECT_GT(q["ppl"].get<double>(), fp["ppl"].get<double>());
   EXPECT_GT(q["kl"].get<double>(), 0.0);
 
@@ -88,7 +83,7 @@ TEST_F(QuantizeCli, RtnIsWorseThanFpAndFaithfulRecordsExtras) {
   EXPECT_TRUE(fc.quant->norm_bias);       // shifts fold into an RMSNorm bias
   EXPECT_TRUE(fc.attention_bias);         // ... and q/k/v/o biases
   EXPECT_TRUE(fc.quant->norm_affine);     // W3 per-channel faithful recipe uses LN matrices
-  json fq = eval_json("--model " + shell_quote((dir / "faithful").string()) + data);
+  json fq = qforge_eval_json("--model " + shell_quote((dir / "faithful").string()) + data);
   EXPECT_TRUE(fq.contains("ppl"));
 }
 

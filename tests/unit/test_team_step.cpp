@@ -20,13 +20,7 @@ namespace {
 using test::OneStepProblem;
 using test::StepOutcome;
 
-// The per-sample work must be the same computation in every team, so the ranks' threads each use one
-// compute thread (the thread count changes ATen's reduction order; it is not what is under test).
-struct OneComputeThread {
-  int before = at::get_num_threads();
-  OneComputeThread() { at::set_num_threads(1); }
-  ~OneComputeThread() { at::set_num_threads(before); }
-};
+using test::OneComputeThread;
 
 // Wraps a member of an in-process team and corrupts what it contributes, to show the check can fail.
 class CorruptingReducer : public worker::TeamReducer {
@@ -69,17 +63,11 @@ std::vector<StepOutcome> team_step(const OneStepProblem& p, int k,
   return out;
 }
 
-std::vector<StepOutcome> shares_of(const OneStepProblem& p) {
-  std::vector<StepOutcome> s;
-  for (std::int64_t k = 0; k < test::kOneStepSamples; ++k) s.push_back(test::one_sample_share(p, k));
-  return s;
-}
-
 TEST(TeamStep, ThreeRanksEqualOneRankWithinTheSummationOrderBound) {
   OneComputeThread one;
   OneStepProblem p;
   const StepOutcome single = test::one_step(p, 1, 0, nullptr);
-  const auto shares = shares_of(p);
+  const auto shares = test::sample_shares(p);
   const auto team = team_step(p, 3);
   // Every rank of the team ends with the same reduced numbers, bit for bit.
   for (std::size_t r = 1; r < team.size(); ++r) {
@@ -100,7 +88,7 @@ TEST(TeamStep, ThreeRanksEqualOneRankWithinTheSummationOrderBound) {
 TEST(TeamStep, ATeamOfOneWithMicroBatchesEqualsItsSamplesSummed) {
   OneComputeThread one;
   OneStepProblem p;
-  const auto shares = shares_of(p);
+  const auto shares = test::sample_shares(p);
   // Adding the shares in sample order is exactly what autograd's accumulation over micro-batches does.
   StepOutcome summed = shares[0];
   for (std::size_t k = 1; k < shares.size(); ++k) {
@@ -116,7 +104,7 @@ TEST(TeamStep, TheComparisonCatchesADroppedADoubledOrARankAveragedShare) {
   OneComputeThread one;
   OneStepProblem p;
   const StepOutcome single = test::one_step(p, 1, 0, nullptr);
-  const auto shares = shares_of(p);
+  const auto shares = test::sample_shares(p);
   auto corrupt = [](int bad_rank, double contribution, double result) {
     return [=](int r, worker::TeamReducer& inner) -> std::unique_ptr<worker::TeamReducer> {
       if (bad_rank >= 0 && r != bad_rank) return std::make_unique<CorruptingReducer>(inner, 1.0, result);

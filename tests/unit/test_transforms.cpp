@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "storage/hf_config.h"
+#include "tests/support/small_model.h"
 #include "tests/support/test_data.h"
 #include "worker/block_transforms.h"
 #include "worker/calibrator.h"
@@ -17,12 +18,7 @@
 namespace qforge::worker {
 namespace {
 
-storage::LlamaConfig small_config(int heads, int kv_heads) {
-  nlohmann::json j = {{"architectures", {"LlamaForCausalLM"}}, {"hidden_size", 32}, {"intermediate_size", 48},
-                      {"num_hidden_layers", 1}, {"num_attention_heads", heads}, {"num_key_value_heads", kv_heads},
-                      {"vocab_size", 64}, {"max_position_embeddings", 64}, {"rms_norm_eps", 1e-5}};
-  return storage::parse_llama_config(j, "test");
-}
+storage::LlamaConfig small_config(int heads, int kv_heads) { return test::small_llama_config(heads, kv_heads); }
 
 BlockWeights random_block(const storage::LlamaConfig& c, at::ScalarType dt) {
   return BlockWeights::random(c, dt, 0.2, 0.1);
