@@ -2,10 +2,12 @@
 // weights, quantized forward, MSE, backward, AdamW) on a synthetic LLaMA block of real shape.
 //
 //   bench_calib_step [--shape 7b|70b|small] [--seqlen T] [--steps K] [--method affinequant|omniquant]
-//                    [--wbits 4] [--abits 4] [--threads N]
+//                    [--wbits 4] [--abits 4] [--threads N] [--device cpu|cuda|cuda:N|auto]
+//                    [--compute-dtype fp32|bf16|tf32]
 // Prints ms per step, tokens/s, achieved GFLOP/s (6 x block params x tokens for the linears, plus
-// attention) against an fp32 GEMM measured in the same run, and the projected seconds per block for the
-// paper recipe (128 x 2048 tokens, 20 epochs). CPU only here: LibTorch 1.13 from Debian has no CUDA.
+// attention) against a GEMM of the block's largest shape measured in the same run on the same device
+// and in the same precision, and the projected seconds per block for the paper recipe (128 x 2048
+// tokens, 20 epochs). The last line is the same as one JSON object (for scripts/device-check.sh).
 #include <ATen/ATen.h>
 
 #include <chrono>
@@ -16,11 +18,13 @@
 #include "bench/bench_common.h"
 #include "common/threads.h"
 #include "worker/calibrator.h"
+#include "worker/llama_model.h"
+#include "worker/precision.h"
 
 using namespace qforge;
 
 int main(int argc, char** argv) {
-  std::string shape = "7b", method = "affinequant";
+  std::string shape = "7b", method = "affinequant", device_name = "cpu", precision_name = "fp32";
   std::int64_t seqlen = 256, steps = 3;
   int wbits = 4, abits = 4, threads = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -32,6 +36,8 @@ int main(int argc, char** argv) {
     else if (a == "--wbits") wbits = std::stoi(argv[i + 1]);
     else if (a == "--abits") abits = std::stoi(argv[i + 1]);
     else if (a == "--threads") threads = std::stoi(argv[i + 1]);
+    else if (a == "--device") device_name = argv[i + 1];
+    else if (a == "--compute-dtype") precision_name = argv[i + 1];
   }
   threads = configure_threads(threads);
   nlohmann::json j = {{"hidden_size", 4096}, {"intermediate_size", 11008}, {"num_hidden_layers", 1},
@@ -41,10 +47,13 @@ int main(int argc, char** argv) {
   if (shape == "small") j.update({{"hidden_size", 256}, {"intermediate_size", 768}, {"num_attention_heads", 8}, {"num_key_value_heads", 4}});
   auto c = storage::parse_llama_config(j, "bench");
 
+  const at::Device device = worker::parse_device(device_name);
+  const worker::ComputePrecision precision = worker::parse_compute_precision(precision_name);
+  // Drawn on the CPU (the same numbers on every device), then moved.
   at::manual_seed(0);
-  worker::BlockWeights fp = worker::BlockWeights::random(c, at::kFloat, 0.02, 0.0);
-  at::Tensor x = at::randn({1, seqlen, c.hidden_size});
-  auto rope = worker::make_rope_tables(c, seqlen, at::kCPU);
+  worker::BlockWeights fp = worker::BlockWeights::random(c, at::kFloat, 0.02, 0.0).to(device);
+  at::Tensor x = at::randn({1, seqlen, c.hidden_size}).to(device);
+  auto rope = worker::make_rope_tables(c, seqlen, device);
   worker::ActStats stats;
   worker::accumulate_act_stats(c, fp, x, rope, stats);
   at::Tensor y;
@@ -59,6 +68,7 @@ int main(int argc, char** argv) {
   o.weights.bits = wbits;
   o.acts.bits = abits;
   o.epochs = 20;
+  o.precision = precision;
   const std::vector<worker::BlockWeights> unit{fp};
   worker::UnitTrainer trainer(c, unit, {stats}, {o}, rope);
   trainer.begin_epoch(10);
@@ -68,24 +78,41 @@ int main(int argc, char** argv) {
   for (std::int64_t s = 0; s < steps; ++s) trainer.step(x, y, {}, "bench");
   const double step_s = bench::seconds_since(t0) / static_cast<double>(steps);
 
-  // Reference rate: fp32 GEMM of the block's largest shape, [T, H] x [H, I], in the same process.
-  at::Tensor a = at::randn({seqlen, c.hidden_size}), b = at::randn({c.hidden_size, c.intermediate_size});
-  at::matmul(a, b);
-  t0 = std::chrono::steady_clock::now();
+  // Reference rate: a GEMM of the block's largest shape, [T, H] x [H, I], in the same process, on the
+  // same device and in the step's precision (bf16 under autocast, TF32 when allowed). Each step ends
+  // in a host read of its loss, so it is timed complete; the GEMMs end in one too.
+  at::Tensor a = at::randn({seqlen, c.hidden_size}).to(device), b = at::randn({c.hidden_size, c.intermediate_size}).to(device);
   const int reps = 5;
-  for (int i = 0; i < reps; ++i) at::matmul(a, b);
-  const double gemm_flops = 2.0 * seqlen * c.hidden_size * c.intermediate_size * reps / bench::seconds_since(t0);
+  double gemm_flops = 0;
+  {
+    const worker::PrecisionScope scope(precision, device);
+    at::matmul(a, b).sum().item<double>();
+    t0 = std::chrono::steady_clock::now();
+    at::Tensor acc = at::zeros({}, a.options());
+    for (int i = 0; i < reps; ++i) acc = acc + at::matmul(a, b)[0][0];
+    acc.item<double>();
+    gemm_flops = 2.0 * seqlen * c.hidden_size * c.intermediate_size * reps / bench::seconds_since(t0);
+  }
 
   const double params = static_cast<double>(c.block_parameters());
   const double attn = 4.0 * seqlen * seqlen * c.q_dim();  // QK^T and PV, forward
   const double step_flops = 6.0 * params * seqlen + 3.0 * attn;
   const double paper_steps = 128.0 * 2048.0 / static_cast<double>(seqlen) * 20.0;
-  std::printf("shape %s (hidden %lld, inter %lld, heads %lld/%lld, %.0fM block params), %s W%dA%d, seqlen %lld, threads %d\n",
+  std::printf("shape %s (hidden %lld, inter %lld, heads %lld/%lld, %.0fM block params), %s W%dA%d, seqlen %lld, threads %d, "
+              "device %s, compute %s\n",
               shape.c_str(), (long long)c.hidden_size, (long long)c.intermediate_size, (long long)c.num_attention_heads,
-              (long long)c.num_key_value_heads, params / 1e6, method.c_str(), wbits, abits, (long long)seqlen, threads);
-  std::printf("calibration step: %.1f ms/step, %.0f tokens/s, %.1f GFLOP/s = %.1f%% of the fp32 GEMM rate measured here (%.1f GFLOP/s)\n",
-              step_s * 1e3, seqlen / step_s, step_flops / step_s / 1e9, 100.0 * step_flops / step_s / gemm_flops, gemm_flops / 1e9);
+              (long long)c.num_key_value_heads, params / 1e6, method.c_str(), wbits, abits, (long long)seqlen, threads,
+              device.str().c_str(), precision_name.c_str());
+  std::printf("calibration step: %.1f ms/step, %.0f tokens/s, %.1f GFLOP/s = %.1f%% of the %s GEMM rate measured here (%.1f GFLOP/s)\n",
+              step_s * 1e3, seqlen / step_s, step_flops / step_s / 1e9, 100.0 * step_flops / step_s / gemm_flops,
+              precision_name.c_str(), gemm_flops / 1e9);
   std::printf("projected per block for 128 x 2048 tokens x 20 epochs (at this seqlen's rate): %.0f s (%.1f h); "
               "x32 blocks = %.1f h\n", paper_steps * step_s, paper_steps * step_s / 3600, 32 * paper_steps * step_s / 3600);
+  const nlohmann::json figures = {{"shape", shape}, {"device", device.str()}, {"compute_dtype", precision_name},
+                                  {"seqlen", seqlen}, {"steps", steps}, {"ms_per_step", step_s * 1e3},
+                                  {"tokens_per_s", seqlen / step_s}, {"step_gflops", step_flops / step_s / 1e9},
+                                  {"gemm_gflops", gemm_flops / 1e9}, {"fraction_of_gemm", step_flops / step_s / gemm_flops},
+                                  {"paper_block_s", paper_steps * step_s}};
+  std::printf("%s\n", figures.dump().c_str());
   return 0;
 }

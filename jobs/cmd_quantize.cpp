@@ -9,6 +9,7 @@
 #include "jobs/cli.h"
 #include "jobs/cmd_quantize.h"
 #include "jobs/quantize_job.h"
+#include "worker/llama_model.h"
 
 namespace qforge::jobs {
 
@@ -72,6 +73,10 @@ std::optional<QuantizeSpec> parse_spec(const Args& args, bool allow_help, bool a
       ("sf", po::value<double>(), "AffineQuant stability factor (default: recipe)")
       ("ln-matrix", po::value<bool>(), "full matrices after the norms (faithful only; default: recipe)")
       ("fp64-matrices", po::value<bool>()->default_value(false)->implicit_value(true), "affine matrices in float64")
+      ("compute-dtype", po::value<std::string>()->default_value("fp32"),
+       "calibration forward/backward: fp32 | bf16 (autocast) | tf32 (CUDA matmuls); parameters stay fp32")
+      ("device", po::value<std::string>()->default_value("auto"),
+       "cpu | cuda | cuda:N | auto (each rank: its local rank's GPU when there is one, else the CPU)")
       ("shard-size", po::value<std::string>()->default_value("0"), "max bytes per output shard (0: one file)")
       ("job-dir", po::value<std::string>()->default_value(""),
        "job directory (journal, plan, result shards, activation cache); resumed when it holds this job. "
@@ -146,6 +151,9 @@ std::optional<QuantizeSpec> parse_spec(const Args& args, bool allow_help, bool a
   s.batch_size = vm["batch-size"].as<std::int64_t>();
   if (s.batch_size < 1) throw InputError("--batch-size", "", "must be >= 1");
   s.fp64_matrices = vm["fp64-matrices"].as<bool>();
+  s.compute = worker::parse_compute_precision(vm["compute-dtype"].as<std::string>());
+  s.device = vm["device"].as<std::string>();
+  worker::check_device_name(s.device);  // whether this machine has the device is the job's check (per rank)
   s.shard_bytes = parse_size(vm["shard-size"].as<std::string>(), "--shard-size");
   const auto max_pos = storage::read_llama_config(s.model).max_position_embeddings;
   s.calib.seqlen = vm["calib-seqlen"].as<std::int64_t>();

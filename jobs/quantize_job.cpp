@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <iostream>
+#include <optional>
 #include <random>
 #include <thread>
 #include <nlohmann/json.hpp>
@@ -86,6 +87,7 @@ worker::CalibOptions block_options(const QuantizeSpec& s, int b) {
   co.let_lr = s.recipe.let_lr;
   co.lwc_lr = s.recipe.lwc_lr;
   co.aug_loss = s.recipe.aug_loss;
+  co.precision = s.compute;
   return co;
 }
 
@@ -165,6 +167,7 @@ json job_identity(const QuantizeSpec& s, const std::string& model_fp, const coor
                                   {"sf", r.stability_factor}, {"ln_matrix", r.ln_matrix}}},
                       {"batch_size", s.batch_size},
                       {"fp64_matrices", s.fp64_matrices},
+                      {"compute_dtype", worker::compute_precision_name(s.compute)},
                       {"cache_dtype", s.cache_dtype}}},
           {"mode", s.mode},
           {"team_size", s.team_size},
@@ -208,6 +211,22 @@ std::vector<double> dry_run_probe_values(const QuantizeSpec& s, const coordinato
     x = storage::round_to_cache_dtype(worker::block_forward(cfg, fp, x, rope), dtype);
   }
   return values;
+}
+
+// This rank's compute device for --device (its local rank's GPU for cuda/auto), or nothing when some
+// rank has none (checked before anything is written; rank 0 then reports it, exit 2 naming --device).
+std::optional<at::Device> rank_device(const QuantizeSpec& s, const MpiSession& mpi, const MpiComm& world) {
+  at::Device device = at::kCPU;
+  int ok = 1, all_ok = 0;
+  try {
+    device = worker::parse_device(s.device, mpi.local_rank());
+  } catch (const InputError& e) {
+    QF_LOG(Error) << "rank " << mpi.world_rank() << ": " << e.what();
+    ok = 0;
+  }
+  QF_MPI_CHECK(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, world.get()));
+  if (!all_ok) return std::nullopt;
+  return device;
 }
 
 // Rank 0: create or check the job directory. Returns what every rank needs to know.
@@ -308,6 +327,12 @@ int run_quantize_job(const QuantizeSpec& s) {
   // acts on them (checkpoint, journal, stop with kExitStopped), the other ranks just must not die.
   install_stop_signal_handlers();
   const MpiComm world = MpiComm::duplicate(MPI_COMM_WORLD);
+  const std::optional<at::Device> rank_dev = rank_device(s, mpi, world);
+  if (!rank_dev) {
+    if (rank == 0) throw InputError("--device", "", "'" + s.device + "' is not available on every rank (see the log)");
+    return kExitBadInput;
+  }
+  const at::Device device = *rank_dev;
 
   // 1. Rank 0 prepares the job directory; everyone learns the outcome.
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -367,6 +392,7 @@ int run_quantize_job(const QuantizeSpec& s) {
   for (int b = 0; b < cfg.num_hidden_layers; ++b) es.block_options.push_back(block_options(s, b));
   es.heartbeat_interval_s = std::min(5.0, s.heartbeat_timeout_s / 4);
   es.collective_timeout_s = 2 * s.heartbeat_timeout_s + 10;
+  es.device = device;
   if (rank == 0) {
     QF_LOG(Info) << "quantize " << s.model.string() << " -> " << s.out.string() << ": " << worker::method_name(s.method)
                  << " W" << s.wbits << "A" << s.abits << (s.group_size ? " g" + std::to_string(s.group_size) : "")
@@ -376,7 +402,8 @@ int run_quantize_job(const QuantizeSpec& s) {
                  << launcher_name(launcher.kind)
                  << (launcher.slurm_job_id.empty() ? "" : ", Slurm job " + launcher.slurm_job_id) << "), "
                  << s.mode << " mode, " << ranks / team_size << " team(s) of " << team_size << ", "
-                 << prep.at("threads").get<int>() << " compute thread(s) per rank";
+                 << prep.at("threads").get<int>() << " compute thread(s) per rank; rank 0 computes on " << device.str()
+                 << " in " << worker::compute_precision_name(s.compute);
     if (joint.enabled) {
       QF_LOG(Info) << "MRECG joint reconstruction: top-" << joint.topk << " capacity drops, units of at most "
                    << joint.max_blocks << " blocks, capacity "

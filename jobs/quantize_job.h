@@ -17,6 +17,7 @@
 #include "jobs/calib_data.h"
 #include "partition/plan.h"
 #include "storage/quant_config.h"
+#include "worker/precision.h"
 #include "worker/recipes.h"
 
 namespace qforge::jobs {
@@ -39,6 +40,7 @@ struct QuantizeSpec {
   worker::Recipe recipe;
   std::int64_t batch_size = 1;
   bool fp64_matrices = false;
+  worker::ComputePrecision compute = worker::ComputePrecision::kFp32;  // --compute-dtype
   std::uint64_t shard_bytes = 0;
   // Engine
   fs::path job_dir;                  // empty: <out>/.qforge-job, removed after success
@@ -49,6 +51,7 @@ struct QuantizeSpec {
   bool keep_cache = false;
   bool dry_run = false;
   int threads = 0;                   // --threads as given (0: pinned value of the job, else default)
+  std::string device = "auto";       // cpu | cuda | cuda:N | auto (each rank: its local rank's GPU, else the CPU)
   std::string export_format;         // after success: also export (gptq | compressed-tensors | fake-quant)
   fs::path export_out;               // default <out>-<format>
   // MRECG joint reconstruction (algorithms.md §4.6)

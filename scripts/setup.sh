@@ -20,7 +20,8 @@ source scripts/torch_env.sh
 packages=(cmake g++ make pkg-config git python3 python3-venv python3-pip
   libopenmpi-dev openmpi-bin libhdf5-dev libboost-program-options-dev
   googletest libgtest-dev nlohmann-json3-dev libsentencepiece-dev libssl-dev zlib1g-dev
-  slurmctld slurmd slurm-client munge libpmix-dev)  # the slurm test tier (slurm/dev/local-cluster.sh)
+  slurmctld slurmd slurm-client munge libpmix-dev  # the slurm test tier (slurm/dev/local-cluster.sh)
+  patchelf)  # scripts/make-device-bundle.sh (the GPU machine's bundle)
 
 if [ "${QFORGE_SKIP_APT:-0}" != "1" ]; then
   missing=()
@@ -46,8 +47,6 @@ fi
 cuda_args=()
 nvcc="${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
 [ -x "$nvcc" ] && cuda_args=(-DCMAKE_CUDA_COMPILER="$nvcc")
-# LibTorch's CMake config compiles CUDA for the architectures listed here: the H200 (sm_90) and PTX.
-TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0+PTX}" \
-  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$(qforge_torch_prefix_path)" "${cuda_args[@]}"
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$(qforge_torch_prefix_path)" "${cuda_args[@]}"
 cmake --build "$build" -j"$(nproc)"
 echo "setup: built $build/jobs/qforge against LibTorch $(qforge_torch_version)"

@@ -115,7 +115,7 @@ bool strictly_diagonally_dominant(const at::Tensor& a) {
 
 BlockTransforms::BlockTransforms(const storage::LlamaConfig& c, const BlockWeights& fp, const ActStats& stats,
                                  const TransformOptions& o, const WeightQuantSpec& wspec)
-    : config_(c), options_(o), wspec_(wspec) {
+    : config_(c), options_(o), wspec_(wspec), device_(fp.q.device()) {
   at::NoGradGuard no_grad;
   const std::int64_t d = c.head_dim, kv = c.num_key_value_heads, group = c.num_attention_heads / kv;
   const auto mdtype = o.fp64_matrices ? at::kDouble : at::kFloat;
@@ -152,12 +152,14 @@ BlockTransforms::BlockTransforms(const storage::LlamaConfig& c, const BlockWeigh
       clips_.push_back(ClipParams::init(w.size(0), num_groups(w.size(1), wspec.group_size)));
     }
   }
+  // Every parameter lives where the block's weights do (the statistics are there already; the
+  // initial values above are built on the CPU).
   for (auto* t : {&s_qkv_, &s_fc1_, &d_qkv_, &d_fc1_, &vo_, &d_vo_, &qk_a_, &qk_b_, &qk_}) {
-    if (t->defined()) t->set_requires_grad(true);
+    if (t->defined()) *t = t->to(device_).set_requires_grad(true);
   }
   for (auto& cp : clips_) {
-    cp.upper.set_requires_grad(true);
-    cp.lower.set_requires_grad(true);
+    cp.upper = cp.upper.to(device_).set_requires_grad(true);
+    cp.lower = cp.lower.to(device_).set_requires_grad(true);
   }
   set_epoch(0, 1);
 }
@@ -220,10 +222,9 @@ void BlockTransforms::set_epoch(int epoch, int epochs) {
   const double sf = options_.stability_factor;
   head_mask_ = band_mask(config_.head_dim, band_width(config_.head_dim, epoch, epochs), sf);
   if (options_.ln_matrix) ln_mask_ = band_mask(config_.hidden_size, band_width(config_.hidden_size, epoch, epochs), sf);
-  if (options_.fp64_matrices) {
-    head_mask_ = head_mask_.to(at::kDouble);
-    if (ln_mask_.defined()) ln_mask_ = ln_mask_.to(at::kDouble);
-  }
+  const auto dtype = options_.fp64_matrices ? at::kDouble : at::kFloat;
+  head_mask_ = head_mask_.to(device_, dtype);
+  if (ln_mask_.defined()) ln_mask_ = ln_mask_.to(device_, dtype);
 }
 
 at::Tensor BlockTransforms::masked(const at::Tensor& matrix, const at::Tensor& mask) const { return matrix * mask; }

@@ -101,6 +101,7 @@ class BlockTransforms {
   storage::LlamaConfig config_;
   TransformOptions options_;
   WeightQuantSpec wspec_;
+  at::Device device_;                 // the block's weights' device: every parameter and mask lives there
   // LET parameters (undefined when unused).
   at::Tensor s_qkv_, s_fc1_;          // [H] or [H, H] with ln_matrix
   at::Tensor d_qkv_, d_fc1_;          // [H] shifts

@@ -181,7 +181,11 @@ double UnitTrainer::step(const at::Tensor& x, const at::Tensor& y, const at::Ten
   for (std::int64_t i = 0; i < rows; i += micro) {
     auto part = [&](const at::Tensor& t) { return t.defined() ? t.slice(0, i, std::min(rows, i + micro)) : t; };
     // The fake-quantized weights are rebuilt per micro-batch: each backward consumes its own graph.
-    at::Tensor out = chain_forward(config_, fake_quantized(), part(x), rope_, acts);
+    // They are built before the precision scope: the fold of the affine matrices and their inverses
+    // stays in the masters' precision whatever --compute-dtype says.
+    const std::vector<BlockWeights> weights = fake_quantized();
+    const PrecisionScope precision(options_.front().precision, x.device());
+    at::Tensor out = chain_forward(config_, weights, part(x), rope_, acts).to(at::kFloat);
     at::Tensor loss = (out - part(y)).pow(2).sum() / denom;
     if (options_.front().aug_loss) loss = loss + (out - part(y2)).pow(2).sum() / denom;
     loss.backward();
@@ -266,8 +270,8 @@ void UnitTrainer::load_state(const std::vector<std::pair<std::string, at::Tensor
         if (!by_name.count(key + ".step")) continue;
         auto st = std::make_unique<torch::optim::AdamWParamState>();
         st->step(take(key + ".step").item<std::int64_t>());
-        st->exp_avg(take(key + ".exp_avg").clone());
-        st->exp_avg_sq(take(key + ".exp_avg_sq").clone());
+        st->exp_avg(take(key + ".exp_avg").to(p.device(), /*non_blocking=*/false, /*copy=*/true));
+        st->exp_avg_sq(take(key + ".exp_avg_sq").to(p.device(), /*non_blocking=*/false, /*copy=*/true));
         optimizer_->state()[p.unsafeGetTensorImpl()] = std::move(st);
       }
     }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "worker/block_transforms.h"
+#include "worker/precision.h"
 
 namespace torch::optim {
 class Optimizer;
@@ -53,6 +54,8 @@ struct CalibOptions {
   // Sequences per forward/backward inside a step, gradients accumulated (0: this rank's whole share at
   // once). The step is the same sum either way; only the summation order and peak memory change.
   std::int64_t micro_batch = 0;
+  // Arithmetic of the training forward/backward (worker/precision.h); the parameters stay fp32 masters.
+  ComputePrecision precision = ComputePrecision::kFp32;
   double let_lr = 5e-3;
   double lwc_lr = 1e-2;
   double weight_decay = 0.0;

@@ -1,6 +1,7 @@
 #include "worker/engine_worker.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <atomic>
 #include <cstdio>
@@ -104,13 +105,18 @@ class HeartbeatThread {
 class Worker {
  public:
   Worker(const EngineSettings& s, const MpiComm& control, const MpiComm& team)
-      : s_(s), control_(control), team_(team), baseline_rss_(current_rss_bytes()), heartbeat_(control, s.heartbeat_interval_s) {}
+      : s_(s), control_(control), team_(team), baseline_rss_(current_rss_bytes()), heartbeat_(control, s.heartbeat_interval_s),
+        channel_(team, s.device) {}
 
   WorkerExit run() {
     control_.send(0, protocol::kTagToCoordinator,
-                  protocol::encode(protocol::Hello{control_.rank(), host_name(), "cpu", total_memory_bytes(),
+                  protocol::encode(protocol::Hello{control_.rank(), host_name(), s_.device.str(), total_memory_bytes(),
                                                    at::get_num_threads()}));
-    model_ = std::make_unique<LlamaModel>(s_.model);
+    // Ops that allocate on "the current GPU" (and the NCCL communicator) then use this rank's.
+    if (s_.device.is_cuda()) c10::impl::getDeviceGuardImpl(s_.device.type())->setDevice(s_.device);
+    ModelOptions model_options;
+    model_options.device = s_.device;  // embeddings, head and rope tables where the blocks compute
+    model_ = std::make_unique<LlamaModel>(s_.model, model_options);
     if (s_.needs_data) {
       const auto flat = storage::read_token_file(s_.job.calibration_path());
       QF_CHECK(static_cast<std::int64_t>(flat.size()) == s_.samples * s_.seqlen,
@@ -197,17 +203,27 @@ class Worker {
   }
 
   // The boundary-0 stream: embeddings of the calibration windows, in the cache's representation so
-  // that every later read of any boundary sees the same rounding.
+  // that every later read of any boundary sees the same rounding (on this rank's device).
   at::Tensor embedded(const std::vector<std::int64_t>& rows) const {
     at::NoGradGuard no_grad;
     at::Tensor idx = at::tensor(rows, at::kLong);
     return storage::round_to_cache_dtype(model_->embed(ids_.index_select(0, idx)).to(at::kFloat).contiguous(), s_.cache_dtype);
   }
 
+  // Rows of cached activations, on this rank's device.
+  at::Tensor read_rows(const std::vector<std::string>& files, const storage::ActivationSliceMeta& m,
+                       const std::vector<std::int64_t>& rows) {
+    return storage::read_activation_rows(cache_paths(files), m, rows, &bytes_read_).to(s_.device);
+  }
+
+  BlockWeights load_block(int b) const {
+    return BlockWeights::load(model_->checkpoint(), model_->config(), b, at::kFloat, s_.device);
+  }
+
   std::string write_slice(int boundary, const std::string& stream, std::int64_t attempt, int part,
                           const std::vector<std::int64_t>& rows, const at::Tensor& x) {
     const std::string name = storage::JobDir::cache_file_name(boundary, stream, attempt, part);
-    bytes_written_ += storage::write_activation_slice(s_.job.cache_dir() / name, meta(boundary, stream), rows, x);
+    bytes_written_ += storage::write_activation_slice(s_.job.cache_dir() / name, meta(boundary, stream), rows, x.cpu());
     return name;
   }
 
@@ -234,7 +250,7 @@ class Worker {
     std::vector<std::string> files;
     const std::int64_t batch = std::max<std::int64_t>(1, s_.batch_size);
     for (int b = 0; b + 1 < s_.blocks; ++b) {
-      BlockWeights w = BlockWeights::load(model_->checkpoint(), cfg, b, at::kFloat, at::kCPU);
+      BlockWeights w = load_block(b);
       x = storage::round_to_cache_dtype(
           map_batches(x, batch, [&](const at::Tensor& xb) { return block_forward(cfg, w, xb, rope_); }), s_.cache_dtype);
       files.push_back(write_slice(b + 1, "fp", task.attempt, control_.rank(), task.samples, x));
@@ -253,7 +269,7 @@ class Worker {
     for (const auto& f : files) {
       if (f.rfind(prefix, 0) == 0) mine.push_back(f);
     }
-    return storage::read_activation_rows(cache_paths(mine), meta(boundary, "fp"), rows, &bytes_read_);
+    return read_rows(mine, meta(boundary, "fp"), rows);
   }
 
   void run_probes(const protocol::Task& task) {
@@ -263,7 +279,7 @@ class Worker {
       heartbeat_.set(b, "probe");
       fault_point("probe");
       const at::Tensor x = fp_stream(b, task.x_fp_files, task.samples);
-      const BlockWeights fp = BlockWeights::load(model_->checkpoint(), cfg, b, at::kFloat, at::kCPU);
+      const BlockWeights fp = load_block(b);
       const ProbeResult p = probe_block(cfg, fp, x, s_.block_options.at(static_cast<std::size_t>(b)), s_.probe_epochs, rope_,
                                         "probe of block " + std::to_string(b));
       protocol::Task t = task;
@@ -302,10 +318,12 @@ class Worker {
     }
     std::vector<ActQuantSpec> acts;
     for (const auto& o : options) acts.push_back(o.acts);
-    MpiTeamReducer reducer(team_, std::chrono::duration<double>(s_.collective_timeout_s), [this] { poll_for_shutdown(); }, label);
+    const std::unique_ptr<PackedTeamReducer> reducer_owner =
+        channel_.reducer(std::chrono::duration<double>(s_.collective_timeout_s), [this] { poll_for_shutdown(); }, label);
+    PackedTeamReducer& reducer = *reducer_owner;
     fault_point("unit_start");
 
-    for (int b = block; b < block + nblocks; ++b) fp.push_back(BlockWeights::load(model_->checkpoint(), cfg, b, at::kFloat, at::kCPU));
+    for (int b = block; b < block + nblocks; ++b) fp.push_back(load_block(b));
     UnitResult res;
     std::vector<std::int64_t> rows;
     std::vector<std::string> files;
@@ -321,10 +339,8 @@ class Worker {
         x_fp = embedded(rows);
         x_q = x_fp;
       } else {
-        x_fp = storage::read_activation_rows(cache_paths(task.x_fp_files), meta(task.input_boundary, "fp"), rows, &bytes_read_);
-        x_q = task.x_q_files == task.x_fp_files
-                  ? x_fp
-                  : storage::read_activation_rows(cache_paths(task.x_q_files), meta(task.input_boundary, "q"), rows, &bytes_read_);
+        x_fp = read_rows(task.x_fp_files, meta(task.input_boundary, "fp"), rows);
+        x_q = task.x_q_files == task.x_fp_files ? x_fp : read_rows(task.x_q_files, meta(task.input_boundary, "q"), rows);
       }
       heartbeat_.set(u, "train");
       // Statistics of every block on the FP stream inside the unit, and the FP target at its output.
@@ -455,7 +471,7 @@ class Worker {
     const std::int64_t L = s_.seqlen;
     for (std::size_t i = 0; i < rows.size(); ++i) {
       at::Tensor logp = at::log_softmax(model_->head(hidden[static_cast<std::int64_t>(i)].unsqueeze(0))[0], -1);
-      at::Tensor target = ids_[rows[i]].slice(0, 1, L).unsqueeze(1);
+      at::Tensor target = ids_[rows[i]].slice(0, 1, L).unsqueeze(1).to(logp.device());
       sum -= logp.slice(0, 0, L - 1).gather(1, target).sum().item<double>();
     }
     std::vector<at::Tensor> v{at::full({1}, sum, at::kDouble)};
@@ -468,6 +484,7 @@ class Worker {
   const MpiComm& team_;
   std::uint64_t baseline_rss_;
   HeartbeatThread heartbeat_;
+  TeamChannel channel_;
   std::unique_ptr<LlamaModel> model_;
   at::Tensor ids_;
   RopeTables rope_;

@@ -27,7 +27,7 @@
 
 namespace qforge::worker {
 
-// Identical on every rank (all ranks parse the same command line and job spec).
+// Identical on every rank (all ranks parse the same command line and job spec), except `device`.
 struct EngineSettings {
   std::filesystem::path model;
   storage::JobDir job;
@@ -42,6 +42,7 @@ struct EngineSettings {
   std::vector<CalibOptions> block_options;             // per block
   double heartbeat_interval_s = 5;
   double collective_timeout_s = 120;                   // longer than the coordinator's heartbeat timeout
+  at::Device device = at::kCPU;                        // this rank's compute device (from its local rank)
 };
 
 enum class WorkerExit {

@@ -72,14 +72,26 @@ BlockWeights BlockWeights::random(const storage::LlamaConfig& c, at::ScalarType 
   return w;
 }
 
+// Every tensor of a block, for what applies to all of them alike.
+template <typename W, typename F>
+static void for_each_tensor(W& w, F&& f) {
+  for (auto* t : {&w.input_norm, &w.post_norm, &w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down, &w.q_bias, &w.k_bias,
+                  &w.v_bias, &w.o_bias, &w.gate_bias, &w.up_bias, &w.down_bias, &w.input_norm_bias, &w.post_norm_bias,
+                  &w.input_norm_inverse, &w.post_norm_inverse}) {
+    if (t->defined()) f(*t);
+  }
+}
+
 std::uint64_t BlockWeights::nbytes() const {
   std::uint64_t n = 0;
-  for (const at::Tensor* t : {&input_norm, &post_norm, &q, &k, &v, &o, &gate, &up, &down, &q_bias, &k_bias, &v_bias,
-                              &o_bias, &gate_bias, &up_bias, &down_bias, &input_norm_bias, &post_norm_bias,
-                              &input_norm_inverse, &post_norm_inverse}) {
-    if (t->defined()) n += static_cast<std::uint64_t>(t->nbytes());
-  }
+  for_each_tensor(*this, [&](const at::Tensor& t) { n += static_cast<std::uint64_t>(t.nbytes()); });
   return n;
+}
+
+BlockWeights BlockWeights::to(const at::Device& device) const {
+  BlockWeights out = *this;
+  for_each_tensor(out, [&](at::Tensor& t) { t = t.to(device); });
+  return out;
 }
 
 // Half-precision activations are normalised and soft-maxed in fp32 (as HF does); fp32 and fp64 stay as

@@ -34,6 +34,8 @@ struct BlockWeights {
   static BlockWeights load(const storage::CheckpointReader& ckpt, const storage::LlamaConfig& config, int index,
                            at::ScalarType dtype, const at::Device& device);
   std::uint64_t nbytes() const;
+  // A copy on `device` (every defined tensor; dtypes kept).
+  BlockWeights to(const at::Device& device) const;
   // A seeded-by-the-caller random block with the config's shapes (no biases): matrices N(0, weight_std²),
   // norm weights 1 + N(0, norm_std²), drawn in fp64 and converted to dtype. For tests and benchmarks.
   static BlockWeights random(const storage::LlamaConfig& config, at::ScalarType dtype, double weight_std,

@@ -16,24 +16,28 @@ at::ScalarType parse_compute_dtype(const std::string& name) {
   throw InputError("--dtype", "", "unknown dtype '" + name + "' (float32|bfloat16|float16)");
 }
 
+void check_device_name(const std::string& name) {
+  if (name == "cpu" || name == "auto" || name == "cuda") return;
+  const std::string digits = name.rfind("cuda:", 0) == 0 ? name.substr(5) : "";
+  if (!digits.empty() && digits.size() <= 4 && digits.find_first_not_of("0123456789") == std::string::npos) return;
+  throw InputError("--device", "", "unknown device '" + name + "' (cpu|cuda|cuda:N|auto)");
+}
+
 at::Device parse_device(const std::string& name, int local_rank) {
+  check_device_name(name);
   if (name == "cpu") return at::kCPU;
   const int gpus = at::hasCUDA() ? static_cast<int>(at::detail::getCUDAHooks().getNumGPUs()) : 0;
   if (name == "auto") return gpus > 0 ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank % gpus)) : at::Device(at::kCPU);
   if (name.rfind("cuda", 0) == 0) {
-    at::Device d = at::kCPU;
-    try {
-      d = at::Device(name);
-    } catch (const std::exception&) {
-      throw InputError("--device", "", "cannot parse device '" + name + "'");
-    }
+    const at::Device d(name);
     if (gpus == 0) throw InputError("--device", "", "'" + name + "' requested but this build/machine has no CUDA device");
     if (d.has_index() && d.index() >= gpus) {
       throw InputError("--device", "", "'" + name + "' requested but this machine has " + std::to_string(gpus) + " GPU(s)");
     }
-    return d;
+    // Plain "cuda": this rank's GPU, as for auto (never "whatever device is current").
+    return d.has_index() ? d : at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank % gpus));
   }
-  throw InputError("--device", "", "unknown device '" + name + "' (cpu|cuda|cuda:N|auto)");
+  return at::kCPU;  // unreachable: check_device_name accepted nothing else
 }
 
 partition::ModelIndex index_checkpoint(const storage::LlamaConfig& config, const storage::CheckpointReader& ckpt) {

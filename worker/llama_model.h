@@ -32,9 +32,12 @@ struct ModelOptions {
 // "float32" | "bfloat16" | "float16" -> scalar type; InputError otherwise.
 at::ScalarType parse_compute_dtype(const std::string& name);
 // "cpu" | "cuda" | "cuda:N" | "auto"; InputError when CUDA is asked for but unavailable or N is not a
-// device of this machine. "auto" is the GPU of this rank (local_rank modulo the GPUs on the node) when
-// there is one, else the CPU.
+// device of this machine. "cuda" is the GPU of this rank (local_rank modulo the GPUs on the node);
+// "auto" is that GPU when there is one, else the CPU.
 at::Device parse_device(const std::string& name, int local_rank = 0);
+// The spelling check of parse_device alone (no device is looked for: `qforge submit` validates on a
+// login node without GPUs); InputError naming --device.
+void check_device_name(const std::string& name);
 
 // Builds the model index of a checkpoint (names, shapes, dtypes; no weights read).
 // The model's checkpoint as blocks see it: exported GPTQ/compressed-tensors folders show their packed

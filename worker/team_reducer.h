@@ -3,9 +3,9 @@
 // contiguous buffer in the order given, reduced with one collective, and unpacked: one message per
 // step per dtype.
 //
-// Two transports share that packing: MPI (the engine's ranks) and threads of one process standing in
-// for ranks (InProcessTeam: tests, and any in-process team). On GPUs the same seam takes an NCCL
-// implementation (issue: GPU path).
+// Three transports share that packing: MPI (the engine's ranks on CPUs), NCCL (the engine's ranks on
+// GPUs: the buffer stays in device memory) and threads of one process standing in for ranks
+// (InProcessTeam: tests, and any in-process team). TeamChannel picks the engine's transport.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -18,11 +18,13 @@
 #include <vector>
 
 #include "common/mpi_comm.h"
+#include "common/nccl_comm.h"
 #include "worker/calibrator.h"
 
 namespace qforge::worker {
 
-// Packs fp32 and fp64 tensors into one flat buffer per dtype and hands each buffer to all_reduce().
+// Packs fp32 and fp64 tensors into one flat buffer per dtype, on the transport's device, and hands
+// each buffer to all_reduce(); the tensors may live on any device.
 class PackedTeamReducer : public TeamReducer {
  public:
   void sum(std::vector<at::Tensor>& tensors) override { reduce(tensors, Op::kSum); }
@@ -33,6 +35,8 @@ class PackedTeamReducer : public TeamReducer {
  protected:
   enum class Op { kSum, kMax };
   virtual int team_size() const = 0;
+  // Where the packed buffers live (the transport reads them there).
+  virtual at::Device buffer_device() const { return at::kCPU; }
   // Reduces the contiguous fp32 or fp64 `flat` in place over the team.
   virtual void all_reduce(at::Tensor& flat, Op op) = 0;
 
@@ -58,6 +62,46 @@ class MpiTeamReducer : public PackedTeamReducer {
   std::chrono::duration<double> timeout_;
   MpiComm::Poll poll_;
   std::string what_;
+};
+
+#if defined(QFORGE_WITH_NCCL)
+// Over the team's NCCL communicator, on the GPU of `comm` (the current CUDA stream; the wait polls like
+// the MPI one). The summation order is NCCL's (fixed for a team size, library and topology).
+class NcclTeamReducer : public PackedTeamReducer {
+ public:
+  NcclTeamReducer(NcclComm& comm, std::chrono::duration<double> timeout, MpiComm::Poll poll, std::string what)
+      : comm_(comm), timeout_(timeout), poll_(std::move(poll)), what_(std::move(what)) {}
+
+ protected:
+  int team_size() const override { return comm_.size(); }
+  at::Device buffer_device() const override;
+  void all_reduce(at::Tensor& flat, Op op) override;
+
+ private:
+  NcclComm& comm_;
+  std::chrono::duration<double> timeout_;
+  MpiComm::Poll poll_;
+  std::string what_;
+};
+#endif
+
+// The collectives of one engine team as this rank computes: NCCL when the rank's device is a GPU and
+// qforge was built with NCCL, MPI otherwise. The NCCL communicator is created by the first reducer()
+// (collective: every team member asks for its first unit's reducer together) and kept for the job.
+class TeamChannel {
+ public:
+  TeamChannel(const MpiComm& team, const at::Device& device);
+  ~TeamChannel();
+  std::unique_ptr<PackedTeamReducer> reducer(std::chrono::duration<double> timeout, MpiComm::Poll poll, std::string what);
+  const char* transport() const { return nccl_wanted_ ? "nccl" : "mpi"; }
+
+ private:
+  const MpiComm& team_;
+  const at::Device device_;
+  bool nccl_wanted_ = false;
+#if defined(QFORGE_WITH_NCCL)
+  std::unique_ptr<NcclComm> nccl_;
+#endif
 };
 
 // A team whose ranks are threads of this process. member(r) is rank r's reducer; every member must

@@ -328,6 +328,16 @@ TEST_F(EngineMpi, AUnitFailingOnOneRankEndsTheJobWithItsReasonAndResumes) {
   EXPECT_EQ(again.exit_code, 0) << again.output;
 }
 
+// Every rank resolves its own --device from its local rank; one without it fails the job (exit 2
+// naming --device) before anything is written.
+TEST_F(EngineMpi, ADeviceMissingOnTheRanksIsRefusedBeforeAnythingIsWritten) {
+  QF_REQUIRE_DATA(model);
+  auto r = quantize(3, "gpu", "--device cuda:99", "", " --method rtn");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--device"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "gpu"));
+}
+
 TEST_F(EngineMpi, MismatchedResumeIsRefused) {
   QF_REQUIRE_DATA(model);
   auto r = quantize(3, "mm", "", "QFORGE_FAULT=after_journal:0:kill:1");

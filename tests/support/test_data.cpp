@@ -2,6 +2,9 @@
 
 #include <unistd.h>
 
+#include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+
 #include <atomic>
 
 #include "common/sha256.h"
@@ -23,6 +26,16 @@ std::map<std::string, std::string> file_digests(const std::filesystem::path& dir
     if (e.is_regular_file()) out[e.path().filename().string()] = sha256_file(e.path());
   }
   return out;
+}
+
+std::string cuda_unavailable_reason() {
+#if !defined(QFORGE_WITH_CUDA)
+  return "no CUDA: qforge was built without it (its LibTorch has none)";
+#else
+  if (!at::hasCUDA()) return "no CUDA device: LibTorch finds no CUDA driver or GPU on this machine";
+  if (at::detail::getCUDAHooks().getNumGPUs() == 0) return "no CUDA device: none visible to this process";
+  return "";
+#endif
 }
 
 }  // namespace qforge::test

@@ -44,7 +44,17 @@ std::filesystem::path make_temp_dir(const std::string& tag);
 // sha256 of every regular file directly in `dir`, by file name: "this output folder equals that one".
 std::map<std::string, std::string> file_digests(const std::filesystem::path& dir);
 
+// Why CUDA tests cannot run in this process ("" when they can): a build without CUDA, or no device.
+std::string cuda_unavailable_reason();
+
 }  // namespace qforge::test
+
+// The gpu tier's first line: skipped (counted by ctest, with the reason) where CUDA cannot run.
+#define QF_REQUIRE_CUDA()                                                               \
+  do {                                                                                  \
+    const std::string qf_cuda_why_ = ::qforge::test::cuda_unavailable_reason();         \
+    if (!qf_cuda_why_.empty()) GTEST_SKIP() << qf_cuda_why_;                            \
+  } while (0)
 
 #define QF_REQUIRE_DATA(path)                                                            \
   do {                                                                                   \

@@ -116,6 +116,23 @@ TEST_F(QuantizeCli, BadInputsAreRefused) {
   r = quantize(dir / "x", "--method affinequant --ln-matrix true --calib-data model:generate");
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("--faithful"), std::string::npos) << r.output;
+  r = quantize(dir / "x", "--method rtn --compute-dtype fp16");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--compute-dtype"), std::string::npos) << r.output;
+  r = quantize(dir / "x", "--method rtn --device tpu");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--device"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "x"));
+}
+
+// A GPU asked for where there is none is refused before the job directory or the output exist (on a
+// GPU machine, cuda:99 is beyond its GPUs and takes the same path; under mpirun: test_engine_mpi.cpp).
+TEST_F(QuantizeCli, AMissingGpuIsRefusedBeforeAnythingIsWritten) {
+  QF_REQUIRE_DATA(model / "model.safetensors");
+  auto r = quantize(dir / "gpu", "--method rtn --device cuda:99");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--device"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "gpu"));
 }
 
 }  // namespace
