@@ -93,7 +93,6 @@ class TeamChannel {
   TeamChannel(const MpiComm& team, const at::Device& device);
   ~TeamChannel();
   std::unique_ptr<PackedTeamReducer> reducer(std::chrono::duration<double> timeout, MpiComm::Poll poll, std::string what);
-  const char* transport() const { return nccl_wanted_ ? "nccl" : "mpi"; }
 
  private:
   const MpiComm& team_;
