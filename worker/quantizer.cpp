@@ -82,9 +82,13 @@ WeightQParams weight_qparams(const at::Tensor& w, const WeightQuantSpec& spec, c
 }
 
 at::Tensor fake_quant_weight(const at::Tensor& w, const WeightQuantSpec& spec, const ClipParams& clip) {
+  // One fused pass each way replaces ~10 elementwise ATen ops forward and ~20 backward (kernels/fake_quant.h):
+  // 4-5x faster on a CPU (bench_fake_quant), ~10x less memory traffic on a GPU; the same values.
+  return fused_fake_quant_weight(w, spec, clip);
+}
+
+at::Tensor unfused_fake_quant_weight(const at::Tensor& w, const WeightQuantSpec& spec, const ClipParams& clip) {
   if (!spec.enabled()) return w;
-  // On the GPU one fused kernel replaces ~10 elementwise ones each way (kernels/fake_quant.h); same method.
-  if (w.is_cuda()) return fused_fake_quant_weight(w, spec, clip);
   const double qmax = qmax_of(spec.bits);
   WeightQParams qp = weight_qparams(w, spec, clip);
   at::Tensor wg = grouped(w.to(at::kFloat), spec.group_size);
@@ -107,9 +111,13 @@ at::Tensor dequantize_weight(const at::Tensor& codes, const WeightQuantSpec& spe
 }
 
 at::Tensor fake_quant_act(const at::Tensor& x, const ActQuantSpec& spec) {
+  if (spec.enabled()) QF_CHECK(spec.bits >= 2 && spec.bits < 16, "activation bits must be 2..16");
+  return fused_fake_quant_act(x, spec);  // as fake_quant_weight
+}
+
+at::Tensor unfused_fake_quant_act(const at::Tensor& x, const ActQuantSpec& spec) {
   if (!spec.enabled()) return x;
   QF_CHECK(spec.bits >= 2 && spec.bits < 16, "activation bits must be 2..16");
-  if (x.is_cuda()) return fused_fake_quant_act(x, spec);
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor out;
   if (spec.sym) {

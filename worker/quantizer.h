@@ -62,13 +62,17 @@ struct WeightQParams {
 
 // Scales and zero points of W [out, in] (differentiable in W and the clip logits through Δ).
 WeightQParams weight_qparams(const at::Tensor& w, const WeightQuantSpec& spec, const ClipParams& clip = {});
-// Fake-quantized W (same shape and dtype as w), with the STE through the rounding.
+// Fake-quantized W (same shape and dtype as w), with the STE through the rounding: the fused op of
+// worker/kernels (one pass each way; CUDA kernel or CPU twin).
 at::Tensor fake_quant_weight(const at::Tensor& w, const WeightQuantSpec& spec, const ClipParams& clip = {});
+// The same as ATen expressions differentiated by autograd: the definition the fused ops are tested against.
+at::Tensor unfused_fake_quant_weight(const at::Tensor& w, const WeightQuantSpec& spec, const ClipParams& clip = {});
 // Integer codes [out, in] (uint8) of W for given qparams, and their dequantization.
 at::Tensor weight_codes(const at::Tensor& w, const WeightQuantSpec& spec, const WeightQParams& qp);
 at::Tensor dequantize_weight(const at::Tensor& codes, const WeightQuantSpec& spec, const WeightQParams& qp);
 
-// Per-token fake quantization over the last dimension.
+// Per-token fake quantization over the last dimension (fused, as fake_quant_weight).
 at::Tensor fake_quant_act(const at::Tensor& x, const ActQuantSpec& spec);
+at::Tensor unfused_fake_quant_act(const at::Tensor& x, const ActQuantSpec& spec);
 
 }  // namespace qforge::worker

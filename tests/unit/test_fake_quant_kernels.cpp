@@ -46,7 +46,7 @@ ClipParams leaf_copy(const ClipParams& clip) {
 QuantRun unfused_weight(const at::Tensor& w, const WeightQuantSpec& spec, const ClipParams& clip, const at::Tensor& grad) {
   const at::Tensor wv = w.clone().requires_grad_(true);
   const ClipParams cv = leaf_copy(clip);
-  const at::Tensor out = fake_quant_weight(wv, spec, cv);  // CPU: the unfused expression
+  const at::Tensor out = unfused_fake_quant_weight(wv, spec, cv);
   out.backward(grad);
   return {out.detach(), wv.grad(), cv.defined() ? cv.upper.grad() : at::Tensor(), cv.defined() ? cv.lower.grad() : at::Tensor()};
 }
@@ -66,7 +66,7 @@ QuantRun fused_weight(const at::Tensor& w, const WeightQuantSpec& spec, const Cl
 
 QuantRun unfused_act(const at::Tensor& x, const ActQuantSpec& spec, const at::Tensor& grad) {
   const at::Tensor xv = x.clone().requires_grad_(true);
-  const at::Tensor out = fake_quant_act(xv, spec);
+  const at::Tensor out = unfused_fake_quant_act(xv, spec);
   out.backward(grad);
   return {out.detach(), xv.grad(), {}, {}};
 }
@@ -160,7 +160,7 @@ TEST(FakeQuantKernels, FusedOpOnCpuIsTheTwinThroughAutograd) {
   EXPECT_TRUE(at::equal(xv.grad(), twin.grad_x));
   // Other dtypes convert around the fp32 core exactly as the unfused op does.
   const at::Tensor xb = x.to(at::kBFloat16);
-  EXPECT_TRUE(at::equal(fused_fake_quant_act(xb, spec), fake_quant_act(xb, spec)));
+  EXPECT_TRUE(at::equal(fused_fake_quant_act(xb, spec), unfused_fake_quant_act(xb, spec)));
 }
 
 // ---- the comparison is not vacuous: twins with one term dropped fail it ------------------------------
@@ -209,7 +209,7 @@ TEST(FakeQuantKernels, ComparisonCatchesADroppedTerm) {
   EXPECT_GT(dropped_scale, 100 * kGradRelTol);
   EXPECT_GT(first_tie_only, 100 * kGradRelTol);
   // The same expression with nothing dropped passes: the variants differ only in the dropped term.
-  EXPECT_LE(test::grad_error(grad_of(x, [](const at::Tensor& t) { return fake_quant_act(t, ActQuantSpec{4, false}); }, gx), ref_x),
+  EXPECT_LE(test::grad_error(grad_of(x, [](const at::Tensor& t) { return unfused_fake_quant_act(t, ActQuantSpec{4, false}); }, gx), ref_x),
             kGradRelTol);
   std::printf("[fake-quant negative] rel err with Δ's gradient dropped: weights %.3g, activations %.3g; "
               "ties not shared: %.3g (tolerance %.0e)\n",

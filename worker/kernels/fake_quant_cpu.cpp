@@ -35,29 +35,125 @@ float min_share(float self, float other, float grad) {
   return self == other ? grad / 2.0f : (self > other ? 0.0f : grad);
 }
 
+// ---- span kernels ---------------------------------------------------------------------------------
+// The loops over a group's (row's) elements, written so that the compiler vectorises them: reductions
+// keep kLanes independent partial results (combined in a fixed order, so results do not depend on the
+// machine), selects instead of branches. Each is compiled for AVX-512, AVX2 and the baseline, chosen
+// when the program loads (GCC's target_clones). The file is compiled without FMA contraction
+// (worker/CMakeLists.txt): every product and sum rounds as the unfused ATen ops round.
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#define QF_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define QF_VECTOR_CLONES
+#endif
+
+constexpr int kLanes = 16;
+
+// The quantization grid of one group (row): step Δ, zero point z and the code range [lo, hi].
+struct Grid {
+  float scale, zero, lo, hi;
+};
+
 // clamp(round(v / Δ) + z, lo, hi) and whether the unclamped value lay inside [lo, hi] (at::clamp passes
 // the gradient there, bounds included). round_ste's forward (round(v) - v) + v is exactly round(v) in fp32.
-struct Code {
-  float value;
-  bool in_range;
-};
-Code code_of(float v, float scale, float zero, float lo, float hi) {
-  const float u = std::nearbyint(v / scale) + zero;
-  return {std::min(std::max(u, lo), hi), lo <= u && u <= hi};
+inline float unclamped_code(float v, const Grid& g) { return std::nearbyint(v / g.scale) + g.zero; }
+inline float clamp_code(float u, const Grid& g) { return std::min(std::max(u, g.lo), g.hi); }
+inline bool in_range(float u, const Grid& g) { return g.lo <= u && u <= g.hi; }
+
+// max and min of v[0, n), n >= 1 (exact: no rounding is involved, so the lane split changes nothing).
+QF_VECTOR_CLONES void span_min_max(const float* v, std::int64_t n, float* max_out, float* min_out) {
+  float hi[kLanes], lo[kLanes];
+  for (int j = 0; j < kLanes; ++j) hi[j] = lo[j] = v[0];
+  std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      hi[j] = v[i + j] > hi[j] ? v[i + j] : hi[j];
+      lo[j] = v[i + j] < lo[j] ? v[i + j] : lo[j];
+    }
+  }
+  for (; i < n; ++i) hi[0] = v[i] > hi[0] ? v[i] : hi[0], lo[0] = v[i] < lo[0] ? v[i] : lo[0];
+  for (int j = 1; j < kLanes; ++j) hi[0] = hi[j] > hi[0] ? hi[j] : hi[0], lo[0] = lo[j] < lo[0] ? lo[j] : lo[0];
+  *max_out = hi[0];
+  *min_out = lo[0];
 }
 
-// The gradient of one element's Δ·(code - z) into Δ comes in two parts that autograd sums separately:
-// the product's (grad · (code - z)) and the division's (-grad_v · ((v / Δ) / Δ), ATen's formula).
-struct ScaleGradTerms {
-  float mul = 0.0f, div = 0.0f;
-  void add(float grad, float v, const Code& q, float scale, float zero) {
-    mul += grad * (q.value - zero);
-    const float gv = q.in_range ? grad * scale : 0.0f;
-    div += -gv * ((v / scale) / scale);
+// max |v| over v[0, n).
+QF_VECTOR_CLONES float span_abs_max(const float* v, std::int64_t n) {
+  float hi[kLanes] = {};
+  std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) hi[j] = std::fabs(v[i + j]) > hi[j] ? std::fabs(v[i + j]) : hi[j];
   }
-};
-// The gradient reaching v directly (through round_ste and the division), before the max/min terms.
-float direct_grad(float grad, const Code& q, float scale) { return (q.in_range ? grad * scale : 0.0f) / scale; }
+  for (; i < n; ++i) hi[0] = std::fabs(v[i]) > hi[0] ? std::fabs(v[i]) : hi[0];
+  for (int j = 1; j < kLanes; ++j) hi[0] = hi[j] > hi[0] ? hi[j] : hi[0];
+  return hi[0];
+}
+
+// How many of v[0, n) equal value (|v| when abs): the ties among which amax/amin split a gradient.
+QF_VECTOR_CLONES std::int64_t span_count_equal(const float* v, std::int64_t n, float value, bool abs) {
+  std::int64_t count = 0;
+  if (abs) {
+    for (std::int64_t i = 0; i < n; ++i) count += std::fabs(v[i]) == value;
+  } else {
+    for (std::int64_t i = 0; i < n; ++i) count += v[i] == value;
+  }
+  return count;
+}
+
+// The first position of value in v (it is there): what max(-1) / min(-1) pick among ties.
+std::int64_t first_equal(const float* v, std::int64_t n, float value) {
+  std::int64_t i = 0;
+  while (i + 1 < n && v[i] != value) ++i;
+  return i;
+}
+
+// out = Δ · (clamp(round(v / Δ) + z, lo, hi) - z).
+QF_VECTOR_CLONES void span_fake_quant(const float* v, float* out, std::int64_t n, Grid g) {
+  for (std::int64_t i = 0; i < n; ++i) out[i] = g.scale * (clamp_code(unclamped_code(v[i], g), g) - g.zero);
+}
+
+// The gradient of the span's Δ·(code - z) into Δ, in the two parts autograd sums separately: the
+// product's (grad · (code - z)) and the division's (-grad_v · ((v / Δ) / Δ), ATen's formula), where
+// grad_v = grad · Δ inside the clamp's range and 0 outside. Returned summed, product part first.
+QF_VECTOR_CLONES float span_scale_grad(const float* v, const float* grad, std::int64_t n, Grid g) {
+  float mul[kLanes] = {}, div[kLanes] = {};
+  std::int64_t i = 0;
+  auto term = [&](int j, std::int64_t k) {
+    const float u = unclamped_code(v[k], g);
+    mul[j] += grad[k] * (clamp_code(u, g) - g.zero);
+    const float gv = in_range(u, g) ? grad[k] * g.scale : 0.0f;
+    div[j] += -gv * ((v[k] / g.scale) / g.scale);
+  };
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) term(j, i + j);
+  }
+  for (; i < n; ++i) term(0, i);
+  float m = 0.0f, d = 0.0f;
+  for (int j = 0; j < kLanes; ++j) m += mul[j], d += div[j];
+  return m + d;
+}
+
+// The gradient reaching each v directly (through round_ste and the division): grad_v / Δ.
+QF_VECTOR_CLONES void span_direct_grad(const float* v, const float* grad, float* out, std::int64_t n, Grid g) {
+  for (std::int64_t i = 0; i < n; ++i) out[i] = (in_range(unclamped_code(v[i], g), g) ? grad[i] * g.scale : 0.0f) / g.scale;
+}
+
+// The activation row's backward: the direct gradient plus each tie's share of the gradient into the
+// row's max and min (symmetric rows: of max |x|, times sign(x)).
+QF_VECTOR_CLONES void span_act_grad(const float* v, const float* grad, float* out, std::int64_t n, Grid g, bool sym,
+                                    float max, float max_share_grad, float min, float min_share_grad) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    float r = (in_range(unclamped_code(v[i], g), g) ? grad[i] * g.scale : 0.0f) / g.scale;
+    if (sym) {
+      r = std::fabs(v[i]) == max ? r + max_share_grad * sign_of(v[i]) : r;
+    } else {
+      r = v[i] == max ? r + max_share_grad : r;
+      r = v[i] == min ? r + min_share_grad : r;
+    }
+    out[i] = r;
+  }
+}
 
 // ---- weights --------------------------------------------------------------------------------------
 
@@ -71,16 +167,15 @@ struct WeightGroup {
   float raw = 0.0f;                    // Δ before its clamp
   float scale = 0.0f;                  // Δ used: clamped, rounded to fp16
   float zero = 0.0f;
+  Grid grid(const WeightQuantSpec& spec) const { return {scale, zero, 0.0f, qmax_of(spec.bits)}; }
 };
 
+// positions: also find imax and imin (the backward needs them, the forward does not).
 WeightGroup weight_group(const float* w, std::int64_t n, const float* upper, const float* lower,
-                         const WeightQuantSpec& spec) {
+                         const WeightQuantSpec& spec, bool positions) {
   WeightGroup g;
-  g.max = g.min = w[0];
-  for (std::int64_t i = 1; i < n; ++i) {
-    if (w[i] > g.max) g.max = w[i], g.imax = i;
-    if (w[i] < g.min) g.min = w[i], g.imin = i;
-  }
+  span_min_max(w, n, &g.max, &g.min);
+  if (positions) g.imax = first_equal(w, n, g.max), g.imin = first_equal(w, n, g.min);
   g.xmax = g.max;
   g.xmin = g.min;
   if (upper != nullptr) {
@@ -180,16 +275,15 @@ ActRow act_row(const float* x, std::int64_t d, const ActQuantSpec& spec) {
   ActRow r;
   if (spec.sym) {
     const float qpos = static_cast<float>((1LL << (spec.bits - 1)) - 1);
-    r.max = std::fabs(x[0]);
-    for (std::int64_t i = 1; i < d; ++i) r.max = std::max(r.max, std::fabs(x[i]));
-    for (std::int64_t i = 0; i < d; ++i) r.max_count += std::fabs(x[i]) == r.max;
+    r.max = span_abs_max(x, d);
+    r.max_count = span_count_equal(x, d, r.max, /*abs=*/true);
     r.raw = r.max / qpos;
     r.lo = -qpos - 1.0f;
     r.hi = qpos;
   } else {
-    r.max = r.min = x[0];
-    for (std::int64_t i = 1; i < d; ++i) r.max = std::max(r.max, x[i]), r.min = std::min(r.min, x[i]);
-    for (std::int64_t i = 0; i < d; ++i) r.max_count += x[i] == r.max, r.min_count += x[i] == r.min;
+    span_min_max(x, d, &r.max, &r.min);
+    r.max_count = span_count_equal(x, d, r.max, false);
+    r.min_count = span_count_equal(x, d, r.min, false);
     r.hi = qmax_of(spec.bits);
     r.raw = (r.max - r.min) / r.hi;
   }
@@ -197,6 +291,8 @@ ActRow act_row(const float* x, std::int64_t d, const ActQuantSpec& spec) {
   if (!spec.sym) r.zero = std::nearbyint(-r.min / r.scale);
   return r;
 }
+
+Grid grid_of(const ActRow& r) { return {r.scale, r.zero, r.lo, r.hi}; }
 
 void check_act_inputs(const at::Tensor& x, const ActQuantSpec& spec) {
   QF_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "activations must be fp32 contiguous [rows, d]");
@@ -226,11 +322,8 @@ at::Tensor fake_quant_weight_forward_cpu(const at::Tensor& w, const WeightQuantS
     for (std::int64_t i = first; i < last; ++i) {
       const GroupSpan s = group_span(i, in, spec.group_size, groups);
       const std::int64_t base = s.row * in + s.begin;
-      const WeightGroup g = weight_group(wp + base, s.size, up ? up + i : nullptr, lp ? lp + i : nullptr, spec);
-      for (std::int64_t c = 0; c < s.size; ++c) {
-        const Code q = code_of(wp[base + c], g.scale, g.zero, 0.0f, qmax_of(spec.bits));
-        op[base + c] = g.scale * (q.value - g.zero);
-      }
+      const WeightGroup g = weight_group(wp + base, s.size, up ? up + i : nullptr, lp ? lp + i : nullptr, spec, false);
+      span_fake_quant(wp + base, op + base, s.size, g.grid(spec));
     }
   });
   return out;
@@ -251,25 +344,18 @@ WeightFakeQuantGrads fake_quant_weight_backward_cpu(const at::Tensor& grad_out, 
   float* gwp = grads.w.data_ptr<float>();
   float* gup = clip.defined() ? grads.upper.data_ptr<float>() : nullptr;
   float* glp = clip.defined() ? grads.lower.data_ptr<float>() : nullptr;
-  const float qmax = qmax_of(spec.bits);
   const std::int64_t grain = std::max<std::int64_t>(1, kGrainElements / (in / groups + 1));
   at::parallel_for(0, out_features * groups, grain, [&](std::int64_t first, std::int64_t last) {
     for (std::int64_t i = first; i < last; ++i) {
       const GroupSpan s = group_span(i, in, spec.group_size, groups);
       const std::int64_t base = s.row * in + s.begin;
-      const WeightGroup g = weight_group(wp + base, s.size, up ? up + i : nullptr, lp ? lp + i : nullptr, spec);
-      ScaleGradTerms terms;
-      for (std::int64_t c = 0; c < s.size; ++c) {
-        terms.add(gp[base + c], wp[base + c], code_of(wp[base + c], g.scale, g.zero, 0.0f, qmax), g.scale, g.zero);
-      }
-      const WeightGroupGrads gg = weight_group_backward(g, terms.mul + terms.div, up != nullptr, spec);
+      const WeightGroup g = weight_group(wp + base, s.size, up ? up + i : nullptr, lp ? lp + i : nullptr, spec, true);
+      const float grad_scale = span_scale_grad(wp + base, gp + base, s.size, g.grid(spec));
+      const WeightGroupGrads gg = weight_group_backward(g, grad_scale, up != nullptr, spec);
       if (gup != nullptr) gup[i] = gg.upper, glp[i] = gg.lower;
-      for (std::int64_t c = 0; c < s.size; ++c) {
-        float grad = direct_grad(gp[base + c], code_of(wp[base + c], g.scale, g.zero, 0.0f, qmax), g.scale);
-        if (c == g.imax) grad += gg.max;  // max(-1) sends Δ's gradient to its first maximum
-        if (c == g.imin) grad += gg.min;
-        gwp[base + c] = grad;
-      }
+      span_direct_grad(wp + base, gp + base, gwp + base, s.size, g.grid(spec));
+      gwp[base + g.imax] += gg.max;  // max(-1) sends Δ's gradient to its first maximum
+      gwp[base + g.imin] += gg.min;
     }
   });
   return grads;
@@ -285,11 +371,7 @@ at::Tensor fake_quant_act_forward_cpu(const at::Tensor& x, const ActQuantSpec& s
   at::parallel_for(0, rows, std::max<std::int64_t>(1, kGrainElements / d), [&](std::int64_t first, std::int64_t last) {
     for (std::int64_t r = first; r < last; ++r) {
       const float* row = xp + r * d;
-      const ActRow a = act_row(row, d, spec);
-      for (std::int64_t c = 0; c < d; ++c) {
-        const Code q = code_of(row[c], a.scale, a.zero, a.lo, a.hi);
-        op[r * d + c] = (q.value - a.zero) * a.scale;
-      }
+      span_fake_quant(row, op + r * d, d, grid_of(act_row(row, d, spec)));
     }
   });
   return out;
@@ -309,23 +391,13 @@ at::Tensor fake_quant_act_backward_cpu(const at::Tensor& grad_out, const at::Ten
       const float* row = xp + r * d;
       const float* grow = gp + r * d;
       const ActRow a = act_row(row, d, spec);
-      ScaleGradTerms terms;
-      for (std::int64_t c = 0; c < d; ++c) terms.add(grow[c], row[c], code_of(row[c], a.scale, a.zero, a.lo, a.hi), a.scale, a.zero);
       // clamp_min(raw, 1e-5) passes the gradient where raw >= 1e-5; the scale is not detached (unlike z).
-      const float grad_raw = a.raw >= kMinScale ? terms.mul + terms.div : 0.0f;
+      const float grad_raw = a.raw >= kMinScale ? span_scale_grad(row, grow, d, grid_of(a)) : 0.0f;
       const float grad_max = grad_raw / a.hi;  // a.hi: qmax, or qpos for sym
       const float grad_min = -grad_max;
-      for (std::int64_t c = 0; c < d; ++c) {
-        float grad = direct_grad(grow[c], code_of(row[c], a.scale, a.zero, a.lo, a.hi), a.scale);
-        if (spec.sym) {
-          // amax(|x|): (grad / ties) to each tie, times abs's sign(x).
-          if (std::fabs(row[c]) == a.max) grad += (grad_max / static_cast<float>(a.max_count)) * sign_of(row[c]);
-        } else {
-          if (row[c] == a.max) grad += grad_max / static_cast<float>(a.max_count);
-          if (row[c] == a.min) grad += grad_min / static_cast<float>(a.min_count);
-        }
-        gxp[r * d + c] = grad;
-      }
+      // amax / amin share their gradient evenly among ties (symmetric: times abs's sign(x)).
+      span_act_grad(row, grow, gxp + r * d, d, grid_of(a), spec.sym, a.max, grad_max / static_cast<float>(a.max_count),
+                    a.min, spec.sym ? 0.0f : grad_min / static_cast<float>(a.min_count));
     }
   });
   return grad_x;
