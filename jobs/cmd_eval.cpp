@@ -31,7 +31,10 @@ int run_eval(const Args& args) {
       ("c4-samples", po::value<std::int64_t>()->default_value(256), "c4: number of windows drawn")
       ("seed", po::value<std::uint64_t>()->default_value(0), "c4: random.seed for window sampling (GPTQ uses 0)")
       ("max-windows", po::value<std::int64_t>()->default_value(0), "evaluate only the first N windows (0: all)")
-      ("memory-budget", po::value<std::string>()->default_value("2GiB"), "activation memory per chunk of windows");
+      ("memory-budget", po::value<std::string>()->default_value("2GiB"),
+       "memory for weights and activations: the whole model stays loaded when it fits with a batch of windows, "
+       "else blocks are loaded one at a time")
+      ("batch", po::value<std::int64_t>()->default_value(0), "windows per pass (0: about 2048 tokens, or what the budget allows)");
   po::variables_map vm;
   if (!parse_args(args, "eval", "--model DIR --data PATH [options]", desc, vm)) return 0;
   apply_common_options(vm);
@@ -79,6 +82,8 @@ int run_eval(const Args& args) {
 
   worker::ScoringOptions sopt;
   sopt.memory_budget_bytes = parse_size(vm["memory-budget"].as<std::string>(), "--memory-budget");
+  sopt.batch_windows = vm["batch"].as<std::int64_t>();
+  if (sopt.batch_windows < 0) throw InputError("--batch", "", "must be 0 (automatic) or a number of windows");
   worker::WindowScores s = worker::score_windows(model, data.windows, reference.get(), sopt);
 
   const double mean_nll = s.mean_nll();
@@ -91,6 +96,8 @@ int run_eval(const Args& args) {
   out["scored_tokens"] = s.scored;
   out["seqlen"] = spec.seqlen;
   out["data_format"] = storage::data_format_name(spec.format);
+  out["plan"] = s.plan.resident ? "resident" : "block-by-block";
+  out["batch"] = s.plan.batch;
   if (reference) {
     out["kl"] = s.sum_kl / static_cast<double>(s.scored);
     out["top1"] = static_cast<double>(s.top1_agree) / static_cast<double>(s.scored);

@@ -7,6 +7,9 @@
 
 #include "common/error.h"
 
+#include <functional>
+#include <numeric>
+
 namespace qforge::worker {
 
 at::ScalarType parse_compute_dtype(const std::string& name) {
@@ -90,14 +93,26 @@ ActQuantSpec LlamaModel::act_quant(int i) const {
   return spec;
 }
 
-at::Tensor LlamaModel::run_block(int i, const at::Tensor& x, const RopeTables& rope) const {
+BlockWeights LlamaModel::block(int i) const {
   QF_CHECK(i >= 0 && i < num_blocks(), "block index out of range");
-  if (options_.keep_weights) {
-    auto& slot = cached_blocks_[static_cast<std::size_t>(i)];
-    if (!slot) slot = BlockWeights::load(*ckpt_, config_, i, options_.dtype, options_.device);
-    return block_forward(config_, *slot, x, rope, act_quant(i));
-  }
+  auto& slot = cached_blocks_[static_cast<std::size_t>(i)];
+  if (slot) return *slot;
   BlockWeights w = BlockWeights::load(*ckpt_, config_, i, options_.dtype, options_.device);
+  if (options_.keep_weights) slot = w;
+  return w;
+}
+
+std::uint64_t LlamaModel::blocks_bytes() const {
+  std::int64_t params = 0;
+  for (int i = 0; i < num_blocks(); ++i) {
+    for (const auto& t : index_->block(i)) {
+      params += std::accumulate(t.shape.begin(), t.shape.end(), std::int64_t{1}, std::multiplies<std::int64_t>());
+    }
+  }
+  return static_cast<std::uint64_t>(params) * at::elementSize(options_.dtype);
+}
+
+at::Tensor LlamaModel::run_block(int i, const BlockWeights& w, const at::Tensor& x, const RopeTables& rope) const {
   return block_forward(config_, w, x, rope, act_quant(i));
 }
 
@@ -113,16 +128,7 @@ RopeTables LlamaModel::rope(std::int64_t seqlen) const { return make_rope_tables
 at::Tensor LlamaModel::decode(const at::Tensor& ids, std::vector<KvCache>& caches, const RopeTables& rope) const {
   if (caches.empty()) caches.resize(static_cast<std::size_t>(num_blocks()));
   at::Tensor x = embed(ids);
-  for (int i = 0; i < num_blocks(); ++i) {
-    auto& slot = cached_blocks_[static_cast<std::size_t>(i)];
-    if (options_.keep_weights && !slot) slot = BlockWeights::load(*ckpt_, config_, i, options_.dtype, options_.device);
-    if (slot) {
-      x = block_decode(config_, *slot, x, rope, caches[static_cast<std::size_t>(i)]);
-    } else {
-      BlockWeights w = BlockWeights::load(*ckpt_, config_, i, options_.dtype, options_.device);
-      x = block_decode(config_, w, x, rope, caches[static_cast<std::size_t>(i)]);
-    }
-  }
+  for (int i = 0; i < num_blocks(); ++i) x = block_decode(config_, block(i), x, rope, caches[static_cast<std::size_t>(i)]);
   return head(x).select(1, 0);
 }
 

@@ -61,8 +61,13 @@ class LlamaModel {
   // The recorded activation quantization of block i (off for unquantized models): quantized models
   // evaluate with the activation quantization they were calibrated with.
   ActQuantSpec act_quant(int i) const;
-  // Loads block i (or returns the cached copy) and runs it.
-  at::Tensor run_block(int i, const at::Tensor& x, const RopeTables& rope) const;
+  // Block i's weights in the compute dtype on the device: the kept copy with keep_weights, else a fresh load.
+  BlockWeights block(int i) const;
+  // Bytes of all blocks' weights in the compute dtype (what keeping them all resident costs).
+  std::uint64_t blocks_bytes() const;
+  // Runs block i with its weights w (block(i)), or loads them first.
+  at::Tensor run_block(int i, const BlockWeights& w, const at::Tensor& x, const RopeTables& rope) const;
+  at::Tensor run_block(int i, const at::Tensor& x, const RopeTables& rope) const { return run_block(i, block(i), x, rope); }
   // Final RMSNorm and lm_head; logits in fp32: [batch, seqlen, vocab].
   at::Tensor head(const at::Tensor& hidden) const;
   // Whole forward, block by block: ids [batch, seqlen] -> fp32 logits.

@@ -51,6 +51,57 @@ TEST(Eval, Stories260KGeneratedTextMatchesReference) {
   EXPECT_EQ(got["windows"].get<std::int64_t>(), 100);
 }
 
+TEST(Eval, BlockByBlockPlanGivesTheResidentPerplexity) {
+  // The same windows through the whole resident model in batches of 8 and, under a 12 MiB budget, one block
+  // at a time over chunks of 2 windows. Each row's arithmetic is the same; only the GEMMs' row counts (and
+  // the head's row chunks) differ, which changes a BLAS kernel's blocking and the order of the NLL sum:
+  // measured |diff| of the mean NLL 2.4e-9 (1 and 2 threads); bound 1e-6.
+  const fs::path dir = test::shared_data() / "models/stories260K-hf";
+  const fs::path text = test::shared_data() / "models/stories260K/generated-eval.txt";
+  QF_REQUIRE_DATA(text);
+  const std::string args = "--model " + shell_quote(dir.string()) + " --data " + shell_quote(text.string()) + " --tokenizer " +
+                           shell_quote((test::shared_data() / "models/stories260K/tok512.bin").string()) + " --seqlen 256";
+  json resident = qforge_eval_json(args);
+  json bounded = qforge_eval_json(args + " --memory-budget 12MiB");
+  ASSERT_TRUE(resident.contains("ppl") && bounded.contains("ppl")) << resident.dump() << bounded.dump();
+  EXPECT_EQ(resident["plan"], "resident");
+  EXPECT_EQ(resident["batch"], 8);
+  EXPECT_EQ(bounded["plan"], "block-by-block");
+  EXPECT_EQ(bounded["batch"], 2);
+  EXPECT_EQ(bounded["windows"], resident["windows"]);
+  EXPECT_NEAR(bounded["mean_nll"].get<double>(), resident["mean_nll"].get<double>(), 1e-6);
+  EXPECT_NEAR(resident["ppl"].get<double>(), 4.5303, 5e-4);  // PROVENANCE.md, as above
+}
+
+TEST(EvalPlan, ResidentWhenAllWeightsAndABatchFitElseOneBlockAtATime) {
+  using worker::plan_scoring;
+  worker::ScoringOptions o;
+  o.memory_budget_bytes = 1000;
+  // 8 blocks of 50 bytes (400) + 8 windows of 60 bytes (2048 tokens / 256) = 880 <= 1000: resident, batch 8.
+  auto p = plan_scoring(400, 50, 60, 100, 256, o);
+  EXPECT_TRUE(p.resident);
+  EXPECT_EQ(p.batch, 8);
+  // Fewer windows than a batch: the batch is all of them.
+  EXPECT_EQ(plan_scoring(400, 50, 60, 3, 256, o).batch, 3);
+  // 400 + 8 x 80 = 1040 > 1000: one block (50) resident, (1000 - 50) / 80 = 11 windows per chunk.
+  p = plan_scoring(400, 50, 80, 100, 256, o);
+  EXPECT_FALSE(p.resident);
+  EXPECT_EQ(p.batch, 11);
+  // ... at most all windows, at least one even when the budget holds none.
+  EXPECT_EQ(plan_scoring(4000, 500, 80, 5, 256, {1000, 0, false}).batch, 5);
+  EXPECT_EQ(plan_scoring(4000, 990, 80, 5, 256, {1000, 0, false}).batch, 1);
+  // A requested batch is used when it fits (400 + 4 x 80 = 720), and caps the chunk when it does not
+  // (900 + 2 x 100 = 1100: (1000 - 100) / 100 = 9 windows would fit beside one block; 2 are asked for).
+  p = plan_scoring(400, 50, 80, 100, 256, {1000, 4, false});
+  EXPECT_TRUE(p.resident);
+  EXPECT_EQ(p.batch, 4);
+  p = plan_scoring(900, 100, 100, 100, 256, {1000, 2, false});
+  EXPECT_FALSE(p.resident);
+  EXPECT_EQ(p.batch, 2);
+  // Long windows: 2048 tokens per batch is one window of 4096.
+  EXPECT_EQ(plan_scoring(400, 50, 60, 100, 4096, o).batch, 1);
+}
+
 TEST(Eval, ModelAgainstItselfHasZeroKlAndFullAgreement) {
   const fs::path dir = test::shared_data() / "models/stories260K-hf";
   const fs::path text = test::shared_data() / "tinystories/tinystories_sample.txt";
