@@ -3,11 +3,12 @@
 //
 //   bench_calib_step [--shape 7b|70b|small] [--seqlen T] [--steps K] [--method affinequant|omniquant]
 //                    [--wbits 4] [--abits 4] [--threads N] [--device cpu|cuda|cuda:N|auto]
-//                    [--compute-dtype fp32|bf16|tf32]
+//                    [--compute-dtype fp32|bf16|tf32] [--profile TRACE.json]
 // Prints ms per step, tokens/s, achieved GFLOP/s (6 x block params x tokens for the linears, plus
 // attention) against a GEMM of the block's largest shape measured in the same run on the same device
 // and in the same precision, and the projected seconds per block for the paper recipe (128 x 2048
 // tokens, 20 epochs). The last line is the same as one JSON object (for scripts/device-check.sh).
+// --profile: one extra step under LibTorch's profiler, written as a chrome://tracing file (every op).
 #include <ATen/ATen.h>
 
 #include <chrono>
@@ -15,8 +16,10 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "common/host_memory.h"
+#include <torch/csrc/autograd/profiler_legacy.h>
+
 #include "bench/bench_common.h"
+#include "common/host_memory.h"
 #include "common/threads.h"
 #include "worker/calibrator.h"
 #include "worker/llama_model.h"
@@ -26,7 +29,7 @@ using namespace qforge;
 
 int main(int argc, char** argv) {
   qforge::keep_freed_host_memory();  // as qforge itself runs
-  std::string shape = "7b", method = "affinequant", device_name = "cpu", precision_name = "fp32";
+  std::string shape = "7b", method = "affinequant", device_name = "cpu", precision_name = "fp32", profile;
   std::int64_t seqlen = 256, steps = 3;
   int wbits = 4, abits = 4, threads = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -40,6 +43,7 @@ int main(int argc, char** argv) {
     else if (a == "--threads") threads = std::stoi(argv[i + 1]);
     else if (a == "--device") device_name = argv[i + 1];
     else if (a == "--compute-dtype") precision_name = argv[i + 1];
+    else if (a == "--profile") profile = argv[i + 1];
   }
   threads = configure_threads(threads);
   nlohmann::json j = {{"hidden_size", 4096}, {"intermediate_size", 11008}, {"num_hidden_layers", 1},
@@ -79,6 +83,11 @@ int main(int argc, char** argv) {
   auto t0 = std::chrono::steady_clock::now();
   for (std::int64_t s = 0; s < steps; ++s) trainer.step(x, y, {}, "bench");
   const double step_s = bench::seconds_since(t0) / static_cast<double>(steps);
+  if (!profile.empty()) {
+    // One more step under LibTorch's profiler (chrome://tracing JSON): every ATen op with its time.
+    torch::autograd::profiler::RecordProfile record(profile);
+    trainer.step(x, y, {}, "bench");
+  }
 
   // Reference rate: a GEMM of the block's largest shape, [T, H] x [H, I], in the same process, on the
   // same device and in the step's precision (bf16 under autocast, TF32 when allowed). Each step ends

@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "common/host_memory.h"
 #include "bench/bench_common.h"
+#include "common/host_memory.h"
 #include "worker/kernels/fake_quant.h"
 #include "worker/quantizer.h"
 

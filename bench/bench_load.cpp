@@ -12,8 +12,8 @@
 #include <filesystem>
 #include <string>
 
-#include "common/host_memory.h"
 #include "bench/bench_common.h"
+#include "common/host_memory.h"
 #include "common/threads.h"
 #include "jobs/synthetic_model.h"
 #include "worker/llama_model.h"

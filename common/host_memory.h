@@ -11,7 +11,7 @@
 
 namespace qforge {
 
-// Serve large allocations from the heap and never trim it (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD max).
+// Serve large allocations from the heap and never trim it (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD -1).
 // Call once at the start of main, before other threads allocate. No effect outside glibc.
 void keep_freed_host_memory();
 

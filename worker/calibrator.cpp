@@ -92,7 +92,8 @@ double team_mse(const storage::LlamaConfig& c, const std::vector<BlockWeights>& 
 std::vector<ChainLoss> chain_losses(const storage::LlamaConfig& c, const std::vector<BlockWeights>& fp,
                                     const std::vector<BlockWeights>& q, const at::Tensor& x_fp, const at::Tensor& x_q,
                                     const RopeTables& rope, const std::vector<ActQuantSpec>& acts, std::int64_t batch,
-                                    TeamReducer* reducer, std::int64_t global_elements, at::Tensor* quantized_output) {
+                                    TeamReducer* reducer, std::int64_t global_elements, at::Tensor* quantized_output,
+                                    const at::Tensor& y_fp) {
   at::NoGradGuard no_grad;
   const std::size_t n = fp.size();
   std::vector<double> sums(2 * n, 0.0);  // [sse_0, energy_0, sse_1, ...]
@@ -101,7 +102,7 @@ std::vector<ChainLoss> chain_losses(const storage::LlamaConfig& c, const std::ve
     const std::int64_t j = std::min(x_fp.size(0), i + batch);
     at::Tensor hf = x_fp.slice(0, i, j), hq = x_q.slice(0, i, j);
     for (std::size_t b = 0; b < n; ++b) {
-      hf = block_forward(c, fp[b], hf, rope);
+      hf = b + 1 == n && y_fp.defined() ? y_fp.slice(0, i, j) : block_forward(c, fp[b], hf, rope);
       hq = block_forward(c, q[b], hq, rope, acts[b]);
       sums[2 * b] += (hq - hf).pow(2).sum().item<double>();
       sums[2 * b + 1] += hf.pow(2).sum().item<double>();
@@ -282,7 +283,7 @@ void UnitTrainer::load_state(const std::vector<std::pair<std::string, at::Tensor
 UnitResult calibrate_unit(const storage::LlamaConfig& c, const std::vector<BlockWeights>& fp, const at::Tensor& x_q,
                           const at::Tensor& y_fp, const at::Tensor& y_fp2, const std::vector<ActStats>& stats,
                           const std::vector<CalibOptions>& options, const RopeTables& rope, const std::string& label,
-                          TeamReducer* reducer, const DataSplit* split_in, const StopControl* stop) {
+                          TeamReducer* reducer, const DataSplit* split_in, const StopControl* stop, FinalLoss final_loss) {
   UnitTrainer trainer(c, fp, stats, options, rope, reducer);
   const CalibOptions& o = options.front();
   const std::vector<ActQuantSpec> acts = act_specs(options);
@@ -343,7 +344,7 @@ UnitResult calibrate_unit(const storage::LlamaConfig& c, const std::vector<Block
     r.blocks.push_back(std::move(br));
   }
   r.projections = trainer.projections();
-  if (has_data) r.final_loss = team_mse(c, folded, x_q, y_fp, rope, acts, bs, reducer, global_elements);
+  if (has_data && final_loss == FinalLoss::kMeasure) r.final_loss = team_mse(c, folded, x_q, y_fp, rope, acts, bs, reducer, global_elements);
   if (r.projections > 0) {
     QF_LOG(Warn) << label << ": restored strict diagonal dominance " << r.projections
                  << " times (off-diagonals shrunk to 0.99 of the diagonal)";

@@ -173,6 +173,11 @@ struct UnitResult {
   std::int64_t projections = 0;         // rows restored to diagonal dominance
 };
 
+// What calibrate_unit measures after training: the folded unit's MSE on all samples (final_loss), or
+// nothing, when the caller measures the unit's output itself (the engine's chain_losses pass, which also
+// yields the next quantized stream, gives the same number: one forward instead of two).
+enum class FinalLoss { kMeasure, kCallerMeasures };
+
 // x_q: quantized-stream inputs [n, L, H] of the unit's first block; y_fp: FP unit outputs on the FP
 // stream; y_fp2: FP unit on x_q (only with aug_loss). Without training (RTN, or epochs = 0) x_q may be
 // empty: only the weights are quantized. `label` names the unit in logs and errors. With a team, the
@@ -182,7 +187,7 @@ UnitResult calibrate_unit(const storage::LlamaConfig& config, const std::vector<
                           const at::Tensor& y_fp, const at::Tensor& y_fp2, const std::vector<ActStats>& stats,
                           const std::vector<CalibOptions>& options, const RopeTables& rope, const std::string& label,
                           TeamReducer* reducer = nullptr, const DataSplit* split = nullptr,
-                          const StopControl* stop = nullptr);
+                          const StopControl* stop = nullptr, FinalLoss final_loss = FinalLoss::kMeasure);
 
 // calibrate_unit for a unit of one block; the result carries the unit's losses.
 BlockResult calibrate_block(const storage::LlamaConfig& config, const BlockWeights& fp, const at::Tensor& x_q,
@@ -200,7 +205,9 @@ double team_mse(const storage::LlamaConfig& config, const std::vector<BlockWeigh
 // chain (on x_q, with activation quantization) and the FP chain (on x_fp) at block i's output, and the
 // FP output's mean energy mean(y_fp,i²), so loss / energy is the normalised loss ℓ_i of algorithms.md §4.6.
 // `quantized_output` (optional) receives the quantized chain's output on x_q, which the same pass computes
-// (the sequential engine's next quantized stream), so it is not run twice.
+// (the sequential engine's next quantized stream), so it is not run twice. y_fp (optional) is the FP
+// chain's output on x_fp, already known to the caller: the last FP block is then not run again (a unit of
+// one block runs no FP block at all). The last MSE is calibrate_unit's final_loss, bit for bit.
 struct ChainLoss {
   double mse = 0.0;
   double energy = 0.0;
@@ -210,7 +217,7 @@ std::vector<ChainLoss> chain_losses(const storage::LlamaConfig& config, const st
                                     const std::vector<BlockWeights>& quantized, const at::Tensor& x_fp,
                                     const at::Tensor& x_q, const RopeTables& rope, const std::vector<ActQuantSpec>& acts,
                                     std::int64_t batch, TeamReducer* reducer, std::int64_t global_elements,
-                                    at::Tensor* quantized_output = nullptr);
+                                    at::Tensor* quantized_output = nullptr, const at::Tensor& y_fp = {});
 
 // Data-dependent module capacity (MRECG, algorithms.md §4.2/§4.6) of one block from a probe on FP-stream
 // inputs x_fp: the block is calibrated with `epochs` epochs (0: the method's initialisation only,

@@ -367,25 +367,28 @@ class Worker {
         stop.resume = &resume;
       }
       try {
-        res = calibrate_unit(cfg, fp, x_q, y_fp, y_fp2, stats, options, rope_, label, &reducer, &split, &stop);
+        res = calibrate_unit(cfg, fp, x_q, y_fp, y_fp2, stats, options, rope_, label, &reducer, &split, &stop,
+                             FinalLoss::kCallerMeasures);
       } catch (const UnitStopped& stopped) {
         return checkpointed(task, stopped.checkpoint, static_cast<std::int64_t>(rows.size()), t0);
+      }
+      // The oscillation curve: every block's normalised loss at its own output, inside the unit too. Its
+      // last point is the unit's final loss, and the same pass gives the next quantized stream.
+      std::vector<BlockWeights> quantized;
+      for (const auto& br : res.blocks) quantized.push_back(br.weights);
+      const std::int64_t elements = s_.samples * s_.seqlen * cfg.hidden_size;
+      const bool need_next = task.write_next || task.last_unit;
+      at::Tensor q_out;
+      json curve = json::array();
+      for (const auto& cl : chain_losses(cfg, fp, quantized, x_fp, x_q, rope_, acts, lb, &reducer, elements,
+                                         need_next ? &q_out : nullptr, y_fp)) {
+        curve.push_back({{"mse", cl.mse}, {"energy", cl.energy}, {"normalized", cl.normalized()}});
+        res.final_loss = cl.mse;
       }
       report["initial_loss"] = res.initial_loss;
       report["final_loss"] = res.final_loss;
       report["epoch_loss"] = res.epoch_loss;
       report["diagonal_dominance_projections"] = res.projections;
-      // The oscillation curve: every block's normalised loss at its own output, inside the unit too.
-      std::vector<BlockWeights> quantized;
-      for (const auto& br : res.blocks) quantized.push_back(br.weights);
-      // The same pass gives the next quantized stream when one is needed.
-      const std::int64_t elements = s_.samples * s_.seqlen * cfg.hidden_size;
-      const bool need_next = task.write_next || task.last_unit;
-      at::Tensor q_out;
-      json curve = json::array();
-      for (const auto& cl : chain_losses(cfg, fp, quantized, x_fp, x_q, rope_, acts, lb, &reducer, elements, need_next ? &q_out : nullptr)) {
-        curve.push_back({{"mse", cl.mse}, {"energy", cl.energy}, {"normalized", cl.normalized()}});
-      }
       report["block_losses"] = curve;
       if (need_next) {
         heartbeat_.set(u, "write");

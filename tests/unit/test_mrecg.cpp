@@ -95,6 +95,18 @@ TEST(JointUnit, TrainingLowersTheUnitLossAndOneBlockEqualsBlockWise) {
   ASSERT_EQ(curve.size(), 2u);
   EXPECT_NEAR(curve[1].mse, r.final_loss, 1e-6 * r.final_loss);  // fp32 sums taken in another order
   EXPECT_NEAR(curve[1].energy, f.y.pow(2).mean().item<double>(), 1e-6);
+  // Given the FP unit output (as the engine passes it, so the last FP block is not run again) and the
+  // training batch, the last point is the final loss bit for bit: the same forward, the same sums.
+  const auto given = worker::chain_losses(f.c, f.fp, q, f.x, f.x, f.rope, acts, f.options[0].batch_size, nullptr,
+                                          f.x.numel(), nullptr, f.y);
+  EXPECT_EQ(given[1].mse, r.final_loss);
+  EXPECT_EQ(given[0].mse, curve[0].mse);  // the first block's FP output is still computed
+  // ... and a unit told that its caller measures leaves the final loss alone.
+  const worker::UnitResult m = worker::calibrate_unit(f.c, f.fp, f.x, f.y, {}, f.stats, f.options, f.rope, "joint", nullptr,
+                                                      nullptr, nullptr, worker::FinalLoss::kCallerMeasures);
+  EXPECT_EQ(m.final_loss, 0.0);
+  EXPECT_EQ(m.initial_loss, r.initial_loss);
+  EXPECT_TRUE(at::equal(m.blocks[1].weights.down, r.blocks[1].weights.down));
 
   JointFixture g(1, worker::Method::kAffineQuant);
   const worker::UnitResult u = worker::calibrate_unit(g.c, g.fp, g.x, g.y, {}, g.stats, g.options, g.rope, "unit");

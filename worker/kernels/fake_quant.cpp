@@ -20,16 +20,22 @@ class FakeQuantWeightFn : public torch::autograd::Function<FakeQuantWeightFn> {
   // The clip logits are optional tensors: autograd Functions reject undefined Tensor inputs.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& w, const std::optional<at::Tensor>& upper_in,
                             const std::optional<at::Tensor>& lower_in, std::int64_t bits, std::int64_t group_size,
-                            bool sym, bool deployable) {
+                            bool sym, bool deployable, bool backward) {
     const at::Tensor upper = upper_in.value_or(at::Tensor()), lower = lower_in.value_or(at::Tensor());
-    ctx->save_for_backward({w, upper, lower});
     ctx->saved_data["bits"] = bits;
     ctx->saved_data["group_size"] = group_size;
     ctx->saved_data["sym"] = sym;
     ctx->saved_data["deployable"] = deployable;
     const WeightQuantSpec spec{static_cast<int>(bits), group_size, sym, deployable};
-    return w.is_cuda() ? kernels::fake_quant_weight_forward_cuda(w, spec, {upper, lower})
-                       : kernels::fake_quant_weight_forward_cpu(w, spec, {upper, lower});
+    if (w.is_cuda()) {
+      ctx->save_for_backward({w, upper, lower});
+      return kernels::fake_quant_weight_forward_cuda(w, spec, {upper, lower});
+    }
+    // The CPU backward reuses the groups' extrema (two fewer passes over W, which dominate it).
+    kernels::WeightGroupStats stats;
+    at::Tensor out = kernels::fake_quant_weight_forward_cpu(w, spec, {upper, lower}, backward ? &stats : nullptr);
+    ctx->save_for_backward({w, upper, lower, stats.extrema, stats.positions});
+    return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -38,10 +44,12 @@ class FakeQuantWeightFn : public torch::autograd::Function<FakeQuantWeightFn> {
                                ctx->saved_data["sym"].toBool(), ctx->saved_data["deployable"].toBool()};
     const ClipParams clip{saved[1], saved[2]};
     const at::Tensor grad = grad_outputs[0].to(at::kFloat).contiguous();
+    const kernels::WeightGroupStats stats = saved[0].is_cuda() ? kernels::WeightGroupStats{} : kernels::WeightGroupStats{saved[3], saved[4]};
+    QF_CHECK(saved[0].is_cuda() || stats.extrema.defined(), "fake-quant backward without the forward's group statistics");
     const kernels::WeightFakeQuantGrads g = saved[0].is_cuda()
                                                 ? kernels::fake_quant_weight_backward_cuda(grad, saved[0], spec, clip)
-                                                : kernels::fake_quant_weight_backward_cpu(grad, saved[0], spec, clip);
-    return {g.w, g.upper, g.lower, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+                                                : kernels::fake_quant_weight_backward_cpu(grad, saved[0], spec, clip, &stats);
+    return {g.w, g.upper, g.lower, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -75,8 +83,11 @@ at::Tensor fused_fake_quant_weight(const at::Tensor& w, const WeightQuantSpec& s
   QF_CHECK(!clip.defined() || clip.lower.defined(), "clip logits: upper and lower go together");
   std::optional<at::Tensor> upper, lower;
   if (clip.defined()) upper = fp32_contiguous(clip.upper), lower = fp32_contiguous(clip.lower);
+  // Whether autograd will call the backward (which then needs the forward's group statistics).
+  const bool backward = at::GradMode::is_enabled() && (w.requires_grad() || (clip.defined() && (clip.upper.requires_grad() ||
+                                                                                                 clip.lower.requires_grad())));
   const at::Tensor out = FakeQuantWeightFn::apply(fp32_contiguous(w), upper, lower, static_cast<std::int64_t>(spec.bits),
-                                                  spec.group_size, spec.sym, spec.deployable);
+                                                  spec.group_size, spec.sym, spec.deployable, backward);
   return out.to(w.scalar_type());
 }
 

@@ -48,10 +48,20 @@ struct WeightFakeQuantGrads {
   at::Tensor w, upper, lower;
 };
 
-// CPU twins (reference): fp32 contiguous CPU tensors.
-at::Tensor fake_quant_weight_forward_cpu(const at::Tensor& w, const WeightQuantSpec& spec, const ClipParams& clip);
+// What the weight forward finds per group (row-major over [out, groups]) and the backward can reuse
+// instead of reading W twice more: max and min (fp32 [.., 2]) and their first positions in the group
+// (int64 [.., 2], what max(-1) / min(-1) pick among ties).
+struct WeightGroupStats {
+  at::Tensor extrema, positions;
+};
+
+// CPU twins (reference): fp32 contiguous CPU tensors. With `stats` the forward also records the group
+// statistics and the backward takes them from there (else it measures them again): the same values.
+at::Tensor fake_quant_weight_forward_cpu(const at::Tensor& w, const WeightQuantSpec& spec, const ClipParams& clip,
+                                         WeightGroupStats* stats = nullptr);
 WeightFakeQuantGrads fake_quant_weight_backward_cpu(const at::Tensor& grad_out, const at::Tensor& w,
-                                                    const WeightQuantSpec& spec, const ClipParams& clip);
+                                                    const WeightQuantSpec& spec, const ClipParams& clip,
+                                                    const WeightGroupStats* stats = nullptr);
 at::Tensor fake_quant_act_forward_cpu(const at::Tensor& x, const ActQuantSpec& spec);
 at::Tensor fake_quant_act_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const ActQuantSpec& spec);
 

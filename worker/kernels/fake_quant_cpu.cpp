@@ -101,9 +101,15 @@ QF_VECTOR_CLONES std::int64_t span_count_equal(const float* v, std::int64_t n, f
   return count;
 }
 
-// The first position of value in v (it is there): what max(-1) / min(-1) pick among ties.
-std::int64_t first_equal(const float* v, std::int64_t n, float value) {
+// The first position of value in v (it is there): what max(-1) / min(-1) pick among ties. Blocks of
+// kLanes are tested with one vector compare each; the block that holds it is then scanned.
+QF_VECTOR_CLONES std::int64_t first_equal(const float* v, std::int64_t n, float value) {
   std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    bool any = false;
+    for (int j = 0; j < kLanes; ++j) any |= v[i + j] == value;
+    if (any) break;
+  }
   while (i + 1 < n && v[i] != value) ++i;
   return i;
 }
@@ -134,9 +140,25 @@ QF_VECTOR_CLONES float span_scale_grad(const float* v, const float* grad, std::i
   return m + d;
 }
 
-// The gradient reaching each v directly (through round_ste and the division): grad_v / Δ.
-QF_VECTOR_CLONES void span_direct_grad(const float* v, const float* grad, float* out, std::int64_t n, Grid g) {
-  for (std::int64_t i = 0; i < n; ++i) out[i] = (in_range(unclamped_code(v[i], g), g) ? grad[i] * g.scale : 0.0f) / g.scale;
+// span_scale_grad and, in the same pass, the gradient reaching each v directly (through round_ste and
+// the division): out = grad_v / Δ.
+QF_VECTOR_CLONES float span_backward(const float* v, const float* grad, float* out, std::int64_t n, Grid g) {
+  float mul[kLanes] = {}, div[kLanes] = {};
+  std::int64_t i = 0;
+  auto term = [&](int j, std::int64_t k) {
+    const float u = unclamped_code(v[k], g);
+    mul[j] += grad[k] * (clamp_code(u, g) - g.zero);
+    const float gv = in_range(u, g) ? grad[k] * g.scale : 0.0f;
+    div[j] += -gv * ((v[k] / g.scale) / g.scale);
+    out[k] = gv / g.scale;
+  };
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) term(j, i + j);
+  }
+  for (; i < n; ++i) term(0, i);
+  float m = 0.0f, d = 0.0f;
+  for (int j = 0; j < kLanes; ++j) m += mul[j], d += div[j];
+  return m + d;
 }
 
 // The activation row's backward: the direct gradient plus each tie's share of the gradient into the
@@ -170,12 +192,14 @@ struct WeightGroup {
   Grid grid(const WeightQuantSpec& spec) const { return {scale, zero, 0.0f, qmax_of(spec.bits)}; }
 };
 
-// positions: also find imax and imin (the backward needs them, the forward does not).
-WeightGroup weight_group(const float* w, std::int64_t n, const float* upper, const float* lower,
-                         const WeightQuantSpec& spec, bool positions) {
+// The group's quantization parameters from its extrema (measured by weight_group, or saved by the forward).
+WeightGroup derive_group(float max, float min, std::int64_t imax, std::int64_t imin, const float* upper,
+                         const float* lower, const WeightQuantSpec& spec) {
   WeightGroup g;
-  span_min_max(w, n, &g.max, &g.min);
-  if (positions) g.imax = first_equal(w, n, g.max), g.imin = first_equal(w, n, g.min);
+  g.max = max;
+  g.min = min;
+  g.imax = imax;
+  g.imin = imin;
   g.xmax = g.max;
   g.xmin = g.min;
   if (upper != nullptr) {
@@ -200,6 +224,12 @@ WeightGroup weight_group(const float* w, std::int64_t n, const float* upper, con
     if (spec.deployable) g.zero = std::min(std::max(g.zero, 0.0f), qmax);
   }
   return g;
+}
+
+WeightGroup weight_group(const float* w, std::int64_t n, const float* upper, const float* lower, const WeightQuantSpec& spec) {
+  float max = 0.0f, min = 0.0f;
+  span_min_max(w, n, &max, &min);
+  return derive_group(max, min, first_equal(w, n, max), first_equal(w, n, min), upper, lower, spec);
 }
 
 // Gradients of one group's Δ into its max and min elements and its clip logits.
@@ -308,39 +338,59 @@ void check_grad(const at::Tensor& grad, const at::Tensor& like) {
 
 }  // namespace
 
-at::Tensor fake_quant_weight_forward_cpu(const at::Tensor& w, const WeightQuantSpec& spec, const ClipParams& clip) {
+at::Tensor fake_quant_weight_forward_cpu(const at::Tensor& w, const WeightQuantSpec& spec, const ClipParams& clip,
+                                         WeightGroupStats* stats) {
   check_weight_inputs(w, spec, clip);
   check_cpu(w);
   const std::int64_t out_features = w.size(0), in = w.size(1), groups = num_groups(in, spec.group_size);
   at::Tensor out = at::empty_like(w);
+  if (stats) {
+    stats->extrema = at::empty({out_features * groups, 2}, w.options());
+    stats->positions = at::empty({out_features * groups, 2}, w.options().dtype(at::kLong));
+  }
   const float* wp = w.data_ptr<float>();
   const float* up = clip.defined() ? clip.upper.data_ptr<float>() : nullptr;
   const float* lp = clip.defined() ? clip.lower.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
+  float* ep = stats ? stats->extrema.data_ptr<float>() : nullptr;
+  std::int64_t* pp = stats ? stats->positions.data_ptr<std::int64_t>() : nullptr;
   const std::int64_t grain = std::max<std::int64_t>(1, kGrainElements / (in / groups + 1));
   at::parallel_for(0, out_features * groups, grain, [&](std::int64_t first, std::int64_t last) {
     for (std::int64_t i = first; i < last; ++i) {
       const GroupSpan s = group_span(i, in, spec.group_size, groups);
       const std::int64_t base = s.row * in + s.begin;
-      const WeightGroup g = weight_group(wp + base, s.size, up ? up + i : nullptr, lp ? lp + i : nullptr, spec, false);
+      float max = 0.0f, min = 0.0f;
+      span_min_max(wp + base, s.size, &max, &min);
+      const WeightGroup g = derive_group(max, min, 0, 0, up ? up + i : nullptr, lp ? lp + i : nullptr, spec);
       span_fake_quant(wp + base, op + base, s.size, g.grid(spec));
+      if (ep != nullptr) {
+        ep[2 * i] = max, ep[2 * i + 1] = min;
+        pp[2 * i] = first_equal(wp + base, s.size, max), pp[2 * i + 1] = first_equal(wp + base, s.size, min);
+      }
     }
   });
   return out;
 }
 
 WeightFakeQuantGrads fake_quant_weight_backward_cpu(const at::Tensor& grad_out, const at::Tensor& w,
-                                                    const WeightQuantSpec& spec, const ClipParams& clip) {
+                                                    const WeightQuantSpec& spec, const ClipParams& clip,
+                                                    const WeightGroupStats* stats) {
   check_weight_inputs(w, spec, clip);
   check_cpu(w);
   check_grad(grad_out, w);
   const std::int64_t out_features = w.size(0), in = w.size(1), groups = num_groups(in, spec.group_size);
+  if (stats) {
+    QF_CHECK(stats->extrema.numel() == 2 * out_features * groups && stats->positions.numel() == 2 * out_features * groups,
+             "group statistics do not match the weights");
+  }
   WeightFakeQuantGrads grads{at::empty_like(w), {}, {}};
   if (clip.defined()) grads.upper = at::empty_like(clip.upper), grads.lower = at::empty_like(clip.lower);
   const float* wp = w.data_ptr<float>();
   const float* gp = grad_out.data_ptr<float>();
   const float* up = clip.defined() ? clip.upper.data_ptr<float>() : nullptr;
   const float* lp = clip.defined() ? clip.lower.data_ptr<float>() : nullptr;
+  const float* ep = stats ? stats->extrema.data_ptr<float>() : nullptr;
+  const std::int64_t* pp = stats ? stats->positions.data_ptr<std::int64_t>() : nullptr;
   float* gwp = grads.w.data_ptr<float>();
   float* gup = clip.defined() ? grads.upper.data_ptr<float>() : nullptr;
   float* glp = clip.defined() ? grads.lower.data_ptr<float>() : nullptr;
@@ -349,11 +399,13 @@ WeightFakeQuantGrads fake_quant_weight_backward_cpu(const at::Tensor& grad_out, 
     for (std::int64_t i = first; i < last; ++i) {
       const GroupSpan s = group_span(i, in, spec.group_size, groups);
       const std::int64_t base = s.row * in + s.begin;
-      const WeightGroup g = weight_group(wp + base, s.size, up ? up + i : nullptr, lp ? lp + i : nullptr, spec, true);
-      const float grad_scale = span_scale_grad(wp + base, gp + base, s.size, g.grid(spec));
+      const float* ui = up ? up + i : nullptr;
+      const float* li = lp ? lp + i : nullptr;
+      const WeightGroup g = ep != nullptr ? derive_group(ep[2 * i], ep[2 * i + 1], pp[2 * i], pp[2 * i + 1], ui, li, spec)
+                                          : weight_group(wp + base, s.size, ui, li, spec);
+      const float grad_scale = span_backward(wp + base, gp + base, gwp + base, s.size, g.grid(spec));
       const WeightGroupGrads gg = weight_group_backward(g, grad_scale, up != nullptr, spec);
       if (gup != nullptr) gup[i] = gg.upper, glp[i] = gg.lower;
-      span_direct_grad(wp + base, gp + base, gwp + base, s.size, g.grid(spec));
       gwp[base + g.imax] += gg.max;  // max(-1) sends Δ's gradient to its first maximum
       gwp[base + g.imin] += gg.min;
     }
