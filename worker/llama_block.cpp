@@ -119,13 +119,13 @@ at::Tensor block_forward(const storage::LlamaConfig& c, const BlockWeights& w, c
   auto aq = [&](const at::Tensor& t) { return fake_quant_act(t, act); };
 
   auto n1 = aq(block_norm(x, w.input_norm, w.input_norm_bias, w.input_norm_inverse, c.rms_norm_eps));
-  auto q = linear(n1, w.q, w.q_bias).view({B, T, nh, d}).transpose(1, 2);
-  auto k = linear(n1, w.k, w.k_bias).view({B, T, nkv, d}).transpose(1, 2);
-  auto v = linear(n1, w.v, w.v_bias).view({B, T, nkv, d}).transpose(1, 2);
-  // Q and K after RoPE, and V, are quantized per (token, head) over head_dim.
-  q = aq(apply_rope(q, rope));
-  k = aq(apply_rope(k, rope));
-  v = aq(v);
+  // Q and K after RoPE, and V, are quantized per (token, head) over head_dim. Both happen in the
+  // linears' [B, T, heads, d] layout, where those rows are contiguous (no copies), and only then are
+  // the heads moved in front for attention.
+  const auto per_token = RopeLayout::kTokensHeads;
+  auto q = aq(apply_rope(linear(n1, w.q, w.q_bias).view({B, T, nh, d}), rope, 0, per_token)).transpose(1, 2);
+  auto k = aq(apply_rope(linear(n1, w.k, w.k_bias).view({B, T, nkv, d}), rope, 0, per_token)).transpose(1, 2);
+  auto v = aq(linear(n1, w.v, w.v_bias).view({B, T, nkv, d})).transpose(1, 2);
   // Causal softmax(q kᵀ / √d) v, KV head j serving query heads [j*g, (j+1)*g): the fused kernel (flash
   // attention on CPU and GPU) skips the masked half and never materialises the [T, T] scores, 2-7x faster
   // than the explicit form forward and backward (same values to ~1e-6: an online softmax sums in blocks).

@@ -43,11 +43,14 @@ RopeTables make_rope_tables(const storage::LlamaConfig& c, std::int64_t seqlen, 
   return {emb.cos().to(device), emb.sin().to(device)};
 }
 
-at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope, std::int64_t offset) {
-  const std::int64_t T = x.size(2), d = x.size(3);
+at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope, std::int64_t offset, RopeLayout layout) {
+  QF_CHECK(x.dim() == 4, "rope expects a 4-d tensor");
+  const bool tokens_major = layout == RopeLayout::kTokensHeads;
+  const std::int64_t T = x.size(tokens_major ? 1 : 2), d = x.size(3);
   QF_CHECK(rope.cos.size(0) >= offset + T && rope.cos.size(1) == d, "rope table too small");
   auto cos = rope.cos.narrow(0, offset, T).to(x.scalar_type());
   auto sin = rope.sin.narrow(0, offset, T).to(x.scalar_type());
+  if (tokens_major) cos = cos.unsqueeze(1), sin = sin.unsqueeze(1);  // [T, 1, d]: the same for every head
   auto x1 = x.narrow(-1, 0, d / 2);
   auto x2 = x.narrow(-1, d / 2, d / 2);
   auto rotated = at::cat({-x2, x1}, -1);

@@ -19,8 +19,13 @@ struct RopeTables {
 
 RopeTables make_rope_tables(const storage::LlamaConfig& config, std::int64_t seqlen, const at::Device& device);
 
-// x: [batch, heads, seqlen, head_dim] at positions offset..offset+seqlen-1; returns
-// x*cos + rotate_half(x)*sin in x's dtype (the product is formed in x's dtype as HF does).
-at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope, std::int64_t offset = 0);
+// Where the positions are in a 4-d tensor: [batch, heads, seqlen, head_dim] (HF's layout) or
+// [batch, seqlen, heads, head_dim] (a linear's output viewed per head, before any transpose).
+enum class RopeLayout { kHeadsTokens, kTokensHeads };
+
+// x at positions offset..offset+seqlen-1; returns x*cos + rotate_half(x)*sin in x's dtype (the product
+// is formed in x's dtype as HF does). Each element's value does not depend on the layout.
+at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope, std::int64_t offset = 0,
+                      RopeLayout layout = RopeLayout::kHeadsTokens);
 
 }  // namespace qforge::worker

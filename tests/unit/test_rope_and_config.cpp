@@ -166,6 +166,10 @@ TEST(Rope, RotateHalfOnHandWorkedVector) {
   for (int i = 0; i < 4; ++i) EXPECT_NEAR(y[i].item<double>(), expected[static_cast<std::size_t>(i)], 1e-6);
   // Position 0 is the identity.
   EXPECT_TRUE(at::allclose(worker::apply_rope(x, rope)[0][0][0], x[0][0][0]));
+  // Positions along dim 1 ([batch, seqlen, heads, d], as the block applies it): the same values, bit for bit.
+  at::Tensor many = at::randn({2, 3, 2, 4});  // [batch, heads, seqlen, d]
+  at::Tensor tokens_major = worker::apply_rope(many.transpose(1, 2).contiguous(), rope, 0, worker::RopeLayout::kTokensHeads);
+  EXPECT_TRUE(at::equal(tokens_major.transpose(1, 2), worker::apply_rope(many, rope)));
 }
 
 }  // namespace
