@@ -1,7 +1,8 @@
 // Fused fake quantization: the weight quantizer with learnable clipping and the per-token activation
 // quantizer of worker/quantizer.h, each as one pass per group (weights) or row (activations) forward and
-// one pass backward, with a CPU twin (plain loops, the reference) and a CUDA kernel of the same arithmetic.
-// The method is unchanged: forward and backward equal autograd of the unfused expressions in quantizer.cpp.
+// one pass backward, with a CPU twin (vectorised loops: what the engine runs on CPUs, and the reference)
+// and a CUDA kernel of the same arithmetic. The method is unchanged: forward and backward equal autograd of
+// the unfused expressions in quantizer.cpp.
 //
 // Why these two are the first fusions (one calibration step of a LLaMA-7B block, bench/bench_calib_step:
 // hidden 4096, intermediate 11008, 202.4M linear weights = 0.81 GB in fp32; 7 quantized activations per

@@ -1,8 +1,9 @@
-// CPU twins of the fused fake quantizers: the reference the CUDA kernels are tested against, itself tested
-// against autograd of the unfused expressions in worker/quantizer.cpp. Every value is computed with the
-// same fp32 operations in the same order as the unfused graph (including ATen's backward formulas, noted
-// where they matter), so the twin differs from it only where ATen's vectorised sigmoid or its summation
-// order does. The backward recomputes a group's (row's) statistics from the input; nothing is saved.
+// CPU twins of the fused fake quantizers: what the engine runs on CPUs, and the reference the CUDA kernels
+// are tested against, itself tested against autograd of the unfused expressions in worker/quantizer.cpp.
+// Every value is computed with the same fp32 operations in the same order as the unfused graph (including
+// ATen's backward formulas, noted where they matter), so the twin differs from it only where ATen's
+// vectorised sigmoid or its summation order does. The weight backward takes each group's extrema from the
+// forward when given them (else measures them again); the activation backward recomputes a row's.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Half.h>
