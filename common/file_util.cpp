@@ -14,10 +14,23 @@ namespace qforge {
 
 static std::string errno_text() { return std::strerror(errno); }
 
+fs::path temp_path_for(const fs::path& target) {
+  fs::path temp = target;
+  temp += ".tmp." + std::to_string(::getpid());
+  return temp;
+}
+
+bool is_temp_name(const std::string& name, std::string* target_name) {
+  const auto pos = name.rfind(".tmp.");
+  if (pos == std::string::npos || pos == 0 || pos + 5 == name.size()) return false;
+  if (name.find_first_not_of("0123456789", pos + 5) != std::string::npos) return false;
+  if (target_name) *target_name = name.substr(0, pos);
+  return true;
+}
+
 AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
   if (target_.has_parent_path()) fs::create_directories(target_.parent_path());
-  temp_ = target_;
-  temp_ += ".tmp." + std::to_string(::getpid());
+  temp_ = temp_path_for(target_);
   fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) throw InputError(temp_.string(), "", "cannot create file: " + errno_text());
 }

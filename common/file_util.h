@@ -32,6 +32,12 @@ class AtomicFile {
   std::uint64_t written_ = 0;
 };
 
+// The temporary a writer of `target` writes before renaming it into place: `<target>.tmp.<pid>` beside
+// it (AtomicFile, the activation cache). One spelling, so that clean-up recognises every writer's leftovers.
+fs::path temp_path_for(const fs::path& target);
+// Whether the file name `name` is such a temporary; `target_name` (optional) receives the final name.
+bool is_temp_name(const std::string& name, std::string* target_name = nullptr);
+
 // Writes a whole file atomically.
 void write_file_atomic(const fs::path& path, const std::string& contents);
 // Reads a whole file; InputError naming the file if it cannot be read.

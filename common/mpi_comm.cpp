@@ -155,6 +155,5 @@ std::string MpiComm::broadcast(const std::string& bytes, int root) const {
   return out;
 }
 
-void MpiComm::barrier() const { QF_MPI_CHECK(MPI_Barrier(comm_)); }
 
 }  // namespace qforge

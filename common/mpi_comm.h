@@ -98,7 +98,6 @@ class MpiComm {
                       const Poll& poll = {}) const;
   // Broadcast of a byte string from `root` (blocking: used at start-up only, before any peer can be lost).
   std::string broadcast(const std::string& bytes, int root) const;
-  void barrier() const;
 
  private:
   void all_reduce(void* data, std::int64_t n, MPI_Datatype type, MPI_Op op, std::chrono::duration<double> timeout,

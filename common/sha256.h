@@ -1,12 +1,11 @@
-// SHA-256 (FIPS 180-4), written out here so checkpoint and job-directory digests need no OpenSSL.
-// Used to fingerprint inputs (model shards, calibration data) so a resumed job can tell whether the
-// files it started from are still the same.
+// SHA-256 digests of byte strings and files, computed by OpenSSL's libcrypto (EVP), which fingerprint
+// inputs (model shards, calibration data) and results (unit shards, checkpoints), so a resumed job can
+// tell whether the files it started from are still the same.
 #pragma once
 
-#include <array>
 #include <cstddef>
-#include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 
 namespace qforge {
@@ -16,19 +15,17 @@ namespace fs = std::filesystem;
 class Sha256 {
  public:
   Sha256();
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
   void update(const void* data, std::size_t size);
   void update(const std::string& text) { update(text.data(), text.size()); }
   // Pads and finishes; lowercase 64-character hex. The object is reset afterwards, ready for reuse.
   std::string hex_digest();
 
  private:
-  void compress(const std::uint8_t* block);
-  void reset();
-
-  std::array<std::uint32_t, 8> state_;
-  std::array<std::uint8_t, 64> buffer_;
-  std::size_t buffered_ = 0;
-  std::uint64_t total_bytes_ = 0;
+  struct Context;
+  std::unique_ptr<Context> ctx_;
 };
 
 std::string sha256_hex(const std::string& data);

@@ -27,6 +27,5 @@ void install_stop_signal_handlers() {
 
 int stop_signal() { return static_cast<int>(g_stop_signal); }
 
-void reset_stop_signal() { g_stop_signal = 0; }
 
 }  // namespace qforge

@@ -11,7 +11,5 @@ namespace qforge {
 void install_stop_signal_handlers();
 // The first stop signal received (SIGUSR1 or SIGTERM), or 0.
 int stop_signal();
-// Tests: forget a received signal.
-void reset_stop_signal();
 
 }  // namespace qforge

@@ -23,12 +23,6 @@ namespace qforge::coordinator {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace {
-
-
-
-}  // namespace
-
 void assemble_checkpoint(const AssemblySpec& a, const JobState& state) {
   // Open and verify every unit shard against the journal before writing anything.
   std::vector<std::unique_ptr<storage::SafetensorsFile>> shards;

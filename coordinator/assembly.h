@@ -17,14 +17,14 @@
 #include "coordinator/job_state.h"
 #include "storage/dtype.h"
 #include "storage/hf_config.h"
-#include "storage/job_dir.h"
+#include "storage/job_layout.h"
 
 namespace qforge::coordinator {
 
 struct AssemblySpec {
   std::filesystem::path model;          // the input model folder (global tensors, tokenizer files)
   std::filesystem::path out;
-  storage::JobDir job;
+  storage::JobLayout job;
   storage::LlamaConfig out_config;      // with quant set; norm/bias flags are completed from the shards
   storage::DType model_dtype = storage::DType::kF32;  // of tensors the transforms add (the model's torch_dtype)
   std::uint64_t shard_bytes = 0;

@@ -4,7 +4,6 @@
 #include <csignal>
 #include <ctime>
 #include <map>
-#include <regex>
 #include <set>
 #include <thread>
 
@@ -31,8 +30,12 @@ double unix_time() {
   return static_cast<double>(ms.count()) / 1000.0;
 }
 
-// Boundary number encoded in a cache file name "bNNNN-...".
-int boundary_of(const std::string& name) { return std::stoi(name.substr(1, 4)); }
+// Boundary of a cache slice the worker reported (it names only files it wrote).
+int boundary_of(const std::string& name) {
+  const auto f = storage::JobLayout::parse_cache_file(name);
+  QF_CHECK(f.has_value(), "a worker reported a cache file with a foreign name: " + name);
+  return f->boundary;
+}
 
 }  // namespace
 
@@ -293,13 +296,12 @@ struct Coordinator::Impl {
     std::int64_t oldest_running = state.next_attempt();
     for (const auto& [u, run] : running) oldest_running = std::min(oldest_running, run.task.attempt);
     // Only files named like ours (and their temporaries) are ever removed.
-    static const std::regex ours(R"(^b\d{4}-(fp|q)-a(\d{6})-t\d+\.h5(\.tmp-\d+)?$)");
     for (const auto& e : fs::directory_iterator(dir)) {
       const std::string name = e.path().filename().string();
-      std::smatch m;
-      if (keep.count(name) || !std::regex_match(name, m, ours)) continue;
+      const auto f = storage::JobLayout::parse_cache_file(name);
+      if (keep.count(name) || !f) continue;
       // Files of assignments still in flight are being written: leave them (and their temporaries).
-      if (!at_start && std::stoll(m[2].str()) >= oldest_running) continue;
+      if (!at_start && f->attempt >= oldest_running) continue;
       std::error_code ec;
       fs::remove(e.path(), ec);
     }
@@ -308,13 +310,12 @@ struct Coordinator::Impl {
   // Checkpoint files of unit u (all attempts) once it is done, and temporaries of crashed writers.
   void remove_dead_checkpoints(int only_unit = -1) {
     if (!fs::exists(s.job.units_dir())) return;
-    static const std::regex ckpt(R"(^unit-(\d{5})\.ckpt-a\d{6}\.safetensors(\.tmp\.\d+)?$)");
     const std::set<std::string> live = state.live_checkpoint_files();
     for (const auto& e : fs::directory_iterator(s.job.units_dir())) {
       const std::string name = e.path().filename().string();
-      std::smatch m;
-      if (!std::regex_match(name, m, ckpt) || live.count(name)) continue;
-      if (only_unit >= 0 && std::stoi(m[1].str()) != only_unit) continue;
+      const auto ck = storage::JobLayout::parse_checkpoint(name);
+      if (!ck || live.count(name)) continue;
+      if (only_unit >= 0 && ck->unit != only_unit) continue;
       std::error_code ec;
       fs::remove(e.path(), ec);
     }
@@ -406,9 +407,9 @@ struct Coordinator::Impl {
     if (!s.keep_cache) collect_garbage(true);
     if (fs::exists(s.job.units_dir())) {
       // Half-written result shards of a crashed run (the rename never happened) are dropped.
-      static const std::regex temp(R"(^unit-\d{5}\.safetensors\.tmp\.\d+$)");
       for (const auto& e : fs::directory_iterator(s.job.units_dir())) {
-        if (std::regex_match(e.path().filename().string(), temp)) fs::remove(e.path());
+        const auto shard = storage::JobLayout::parse_unit_shard(e.path().filename().string());
+        if (shard && shard->temporary) fs::remove(e.path());
       }
       remove_dead_checkpoints();
     }

@@ -23,13 +23,13 @@
 
 #include "common/mpi_comm.h"
 #include "coordinator/job_state.h"
-#include "storage/job_dir.h"
+#include "storage/job_layout.h"
 #include "storage/journal.h"
 
 namespace qforge::coordinator {
 
 struct CoordinatorSettings {
-  storage::JobDir job;
+  storage::JobLayout job;
   int ranks = 1;
   int team_size = 1;          // teams = ranks / team_size; team t = ranks [t·K, (t+1)·K)
   bool needs_data = true;

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "common/error.h"
+#include "storage/job_layout.h"
 
 namespace qforge::coordinator {
 
@@ -134,7 +135,8 @@ std::vector<std::string> JobState::boundary_files(int boundary, const std::strin
     for (const auto& rk : rec.at("ranks")) {
       for (const auto& f : rk.at("files")) {
         const std::string name = f.get<std::string>();
-        if (name.find("-" + stream + "-") != std::string::npos) out.push_back(name);
+        const auto parsed = storage::JobLayout::parse_cache_file(name);
+        if (parsed && parsed->stream == stream) out.push_back(name);
       }
     }
     return out;

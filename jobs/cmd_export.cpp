@@ -9,7 +9,7 @@
 
 #include "common/file_util.h"
 #include "storage/export.h"
-#include "storage/job_dir.h"
+#include "storage/job_layout.h"
 #include "storage/journal.h"
 
 namespace qforge::jobs {
@@ -29,7 +29,7 @@ int run_export(const Args& args) {
   storage::ExportOptions o;
   if (vm.count("model") == vm.count("job-dir")) throw InputError("--model", "", "give exactly one of --model and --job-dir");
   if (vm.count("job-dir")) {
-    const storage::JobDir jd(vm["job-dir"].as<std::string>());
+    const storage::JobLayout jd(vm["job-dir"].as<std::string>());
     const nlohmann::json spec = nlohmann::json::parse(read_file(jd.spec_path()));
     const auto journal = storage::replay_journal(jd.journal_path());
     const bool complete = !journal.records.empty() && journal.records.back().value("type", "") == "job_complete";

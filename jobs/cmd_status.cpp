@@ -14,7 +14,7 @@
 #include "common/progress.h"
 #include "jobs/cli.h"
 #include "jobs/slurm_query.h"
-#include "storage/job_dir.h"
+#include "storage/job_layout.h"
 #include "storage/journal.h"
 
 namespace qforge::jobs {
@@ -25,7 +25,7 @@ using nlohmann::json;
 namespace {
 
 // Everything `status` reports, as one JSON object (also the --json output).
-json collect_status(const storage::JobDir& jd) {
+json collect_status(const storage::JobLayout& jd) {
   if (!fs::exists(jd.spec_path())) throw InputError(jd.spec_path().string(), "", "not a qforge job directory (no job.json)");
   const json spec = json::parse(read_file(jd.spec_path()));
   const json plan = fs::exists(jd.plan_path()) ? json::parse(read_file(jd.plan_path())) : json::object();
@@ -194,7 +194,7 @@ void write_plot(const json& st, const po::variables_map& vm) {
   }
   series.push_back({vm["label"].as<std::string>(), values(osc["final"]), "#c0392b"});
   if (!vm["compare"].as<std::string>().empty()) {
-    const json other = collect_status(storage::JobDir(vm["compare"].as<std::string>()));
+    const json other = collect_status(storage::JobLayout(vm["compare"].as<std::string>()));
     if (!other.contains("oscillation")) throw InputError("--compare", "", "that job has no finished unit");
     series.push_back({vm["compare-label"].as<std::string>(), values(other["oscillation"]["final"]), "#2e86c1"});
   }
@@ -222,7 +222,7 @@ int run_status(const Args& args) {
   po::variables_map vm;
   if (!parse_args(args, "status", "--job-dir DIR [--json]", desc, vm, &pos)) return 0;
   apply_common_options(vm);
-  const json st = collect_status(storage::JobDir(vm["job-dir"].as<std::string>()));
+  const json st = collect_status(storage::JobLayout(vm["job-dir"].as<std::string>()));
   if (vm["json"].as<bool>()) {
     std::cout << st.dump(2) << "\n";
     return 0;

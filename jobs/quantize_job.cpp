@@ -26,7 +26,7 @@
 #include "partition/plan.h"
 #include "storage/activation_cache.h"
 #include "storage/export.h"
-#include "storage/job_dir.h"
+#include "storage/job_layout.h"
 #include "storage/journal.h"
 #include "storage/safetensors.h"
 #include "storage/token_file.h"
@@ -231,7 +231,7 @@ std::optional<at::Device> rank_device(const QuantizeSpec& s, const MpiSession& m
 
 // Rank 0: create or check the job directory. Returns what every rank needs to know.
 json prepare_job_dir(const QuantizeSpec& s, int ranks, int default_threads, const coordinator::JointSpec& joint) {
-  const storage::JobDir jd(job_dir_of(s));
+  const storage::JobLayout jd(job_dir_of(s));
   const std::string model_fp = storage::model_fingerprint(s.model);
   // "out" is where the job assembles its result (not part of the identity): `qforge export --job-dir` reads it.
   json spec = {{"identity", job_identity(s, model_fp, joint)}, {"threads", s.threads > 0 ? s.threads : default_threads},
@@ -261,7 +261,7 @@ json prepare_job_dir(const QuantizeSpec& s, int ranks, int default_threads, cons
           {"model_fingerprint", model_fp}, {"job_fingerprint", spec.at("fingerprint")}};
 }
 
-coordinator::AssemblySpec assembly_spec(const QuantizeSpec& s, const storage::JobDir& jd) {
+coordinator::AssemblySpec assembly_spec(const QuantizeSpec& s, const storage::JobLayout& jd) {
   coordinator::AssemblySpec a;
   a.model = s.model;
   a.out = s.out;
@@ -350,7 +350,7 @@ int run_quantize_job(const QuantizeSpec& s) {
   if (!prep.at("ok").get<bool>()) return prep.at("code").get<int>();
 
   // 2. Every rank must see the same job directory (multi-node runs need it on a shared filesystem).
-  const storage::JobDir jd(job_dir_of(s));
+  const storage::JobLayout jd(job_dir_of(s));
   std::string seen;
   try {
     seen = read_file(jd.job_id_path());

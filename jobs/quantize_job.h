@@ -1,6 +1,6 @@
 // The quantize job: one code path for one process and for `mpirun -np N`.
 //
-// Every rank parses the same command line. Rank 0 prepares the job directory (storage/job_dir.h:
+// Every rank parses the same command line. Rank 0 prepares the job directory (storage/job_layout.h:
 // spec and fingerprint check, calibration windows, plan, job id), every rank checks it sees the same
 // job id (shared filesystem), teams are formed, rank 0 starts the coordinator thread
 // (coordinator/coordinator.h) and every rank, rank 0 included, runs the worker loop

@@ -332,8 +332,7 @@ std::uint64_t write_activation_slice(const fs::path& path, const ActivationSlice
 
   const fs::path dir = path.has_parent_path() ? path.parent_path() : fs::path(".");
   fs::create_directories(dir);
-  fs::path temp = path;
-  temp += ".tmp-" + std::to_string(::getpid());
+  const fs::path temp = temp_path_for(path);
   const std::string tname = temp.string();
   TempFileGuard guard(temp);  // declared before the handles: the file is closed before it is removed
   {

@@ -24,7 +24,7 @@ namespace fs = std::filesystem;
 constexpr int kJournalVersion = 1;
 
 // CRC-32 with the IEEE polynomial, reflected, init and final xor 0xffffffff: the same value as
-// zlib's crc32() and Python's zlib.crc32(), so journals can be checked with a one-line script.
+// zlib's crc32() (which computes it) and Python's zlib.crc32(), so journals can be checked with a one-line script.
 std::uint32_t crc32(const void* data, std::size_t size);
 
 struct JournalReplay {

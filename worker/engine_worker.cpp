@@ -222,7 +222,7 @@ class Worker {
 
   std::string write_slice(int boundary, const std::string& stream, std::int64_t attempt, int part,
                           const std::vector<std::int64_t>& rows, const at::Tensor& x) {
-    const std::string name = storage::JobDir::cache_file_name(boundary, stream, attempt, part);
+    const std::string name = storage::JobLayout::cache_file_name(boundary, stream, attempt, part);
     bytes_written_ += storage::write_activation_slice(s_.job.cache_dir() / name, meta(boundary, stream), rows, x.cpu());
     return name;
   }
@@ -265,9 +265,9 @@ class Worker {
   at::Tensor fp_stream(int boundary, const std::vector<std::string>& files, const std::vector<std::int64_t>& rows) {
     if (boundary == 0) return embedded(rows);
     std::vector<std::string> mine;
-    const std::string prefix = storage::JobDir::cache_file_name(boundary, "fp", 0, 0).substr(0, 6);  // "bNNNN-"
     for (const auto& f : files) {
-      if (f.rfind(prefix, 0) == 0) mine.push_back(f);
+      const auto parsed = storage::JobLayout::parse_cache_file(f);
+      if (parsed && parsed->boundary == boundary) mine.push_back(f);
     }
     return read_rows(mine, meta(boundary, "fp"), rows);
   }
@@ -427,7 +427,7 @@ class Worker {
     return d;
   }
 
-  // A mid-unit checkpoint: units/unit-NNNNN.ckpt-aAAAAAA.safetensors (per attempt, so a checkpoint a
+  // A mid-unit checkpoint (JobLayout::checkpoint_name: one per attempt, so a checkpoint a
   // later attempt resumes from is never overwritten), written by the team leader; every member then
   // reports the unit stopped.
   protocol::Done checkpointed(const protocol::Task& task, const UnitCheckpoint& ck, std::int64_t rows, Clock::time_point t0) {
@@ -436,8 +436,7 @@ class Worker {
     d.report = {{"epoch", ck.epoch}, {"step", ck.step}};
     if (team_.rank() == 0) {
       heartbeat_.set(task.unit, "checkpoint");
-      char name[64];
-      std::snprintf(name, sizeof name, "unit-%05d.ckpt-a%06lld.safetensors", task.unit, static_cast<long long>(task.attempt));
+      const std::string name = storage::JobLayout::checkpoint_name(task.unit, task.attempt);
       const fs::path path = s_.job.units_dir() / name;
       const json meta = {{"unit", task.unit}, {"epoch", ck.epoch}, {"step", ck.step}, {"epoch_sum", ck.epoch_sum},
                          {"epoch_loss", ck.epoch_loss}};

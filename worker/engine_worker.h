@@ -22,7 +22,7 @@
 
 #include "common/mpi_comm.h"
 #include "storage/activation_cache.h"
-#include "storage/job_dir.h"
+#include "storage/job_layout.h"
 #include "worker/calibrator.h"
 
 namespace qforge::worker {
@@ -30,7 +30,7 @@ namespace qforge::worker {
 // Identical on every rank (all ranks parse the same command line and job spec), except `device`.
 struct EngineSettings {
   std::filesystem::path model;
-  storage::JobDir job;
+  storage::JobLayout job;
   std::string model_fingerprint, job_fingerprint;
   bool sequential = true;
   int team_size = 1;

@@ -12,7 +12,7 @@
 #include "common/protocol.h"
 #include "coordinator/job_state.h"
 #include "partition/sample_split.h"
-#include "storage/job_dir.h"
+#include "storage/job_layout.h"
 #include "tests/support/test_data.h"
 
 namespace qforge {
@@ -129,7 +129,7 @@ TEST(Protocol, MessagesRoundTripAndOtherVersionsAreRefused) {
 
 TEST(JobSpec, AMatchingSpecResumesAndADifferentOneIsRefusedByField) {
   const auto dir = test::make_temp_dir("jobspec");
-  const storage::JobDir jd(dir / "job");
+  const storage::JobLayout jd(dir / "job");
   json spec = {{"identity", {{"config", {{"bits", 4}, {"epochs", 2}}}, {"mode", "sequential"}}}, {"threads", 2}};
   const json first = storage::create_or_check_job_spec(jd, spec);
   EXPECT_EQ(first["fingerprint"].get<std::string>().size(), 64u);
@@ -148,9 +148,51 @@ TEST(JobSpec, AMatchingSpecResumesAndADifferentOneIsRefusedByField) {
   std::filesystem::remove_all(dir);
 }
 
-TEST(JobSpec, CacheFileNamesEncodeBoundaryStreamAttemptAndPart) {
-  EXPECT_EQ(storage::JobDir::cache_file_name(3, "q", 12, 1), "b0003-q-a000012-t1.h5");
-  EXPECT_EQ(storage::JobDir::unit_shard_name(7), "unit-00007.safetensors");
+TEST(JobLayout, CacheFileNamesEncodeBoundaryStreamAttemptAndPart) {
+  using storage::JobLayout;
+  EXPECT_EQ(JobLayout::cache_file_name(3, "q", 12, 1), "b0003-q-a000012-t1.h5");
+  EXPECT_EQ(JobLayout::unit_shard_name(7), "unit-00007.safetensors");
+  EXPECT_EQ(JobLayout::checkpoint_name(7, 42), "unit-00007.ckpt-a000042.safetensors");
+}
+
+// Every name the layout makes reads back (the strings below are written by hand, as FORMAT.md spells
+// them), a writer's temporary is recognised as one, and nothing else is taken for a job file: clean-up
+// deletes only what these parsers accept.
+TEST(JobLayout, ParsesItsOwnNamesAndTheirTemporariesAndNothingElse) {
+  using storage::JobLayout;
+  auto c = JobLayout::parse_cache_file("b0012-fp-a000345-t2.h5");
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->boundary, 12);
+  EXPECT_EQ(c->stream, "fp");
+  EXPECT_EQ(c->attempt, 345);
+  EXPECT_EQ(c->part, 2);
+  EXPECT_FALSE(c->temporary);
+  c = JobLayout::parse_cache_file("b0001-q-a000001-t0.h5.tmp.4711");
+  ASSERT_TRUE(c.has_value());
+  EXPECT_TRUE(c->temporary);
+  EXPECT_EQ(c->stream, "q");
+  auto k = JobLayout::parse_checkpoint("unit-00003.ckpt-a000017.safetensors");
+  ASSERT_TRUE(k.has_value());
+  EXPECT_EQ(k->unit, 3);
+  EXPECT_EQ(k->attempt, 17);
+  EXPECT_TRUE(JobLayout::parse_checkpoint("unit-00003.ckpt-a000017.safetensors.tmp.99")->temporary);
+  auto u = JobLayout::parse_unit_shard("unit-00005.safetensors.tmp.123");
+  ASSERT_TRUE(u.has_value());
+  EXPECT_EQ(u->unit, 5);
+  EXPECT_TRUE(u->temporary);
+  EXPECT_FALSE(JobLayout::parse_unit_shard("unit-00005.safetensors")->temporary);
+  // Round trips through the makers.
+  EXPECT_EQ(JobLayout::parse_cache_file(JobLayout::cache_file_name(40, "q", 123456, 7))->attempt, 123456);
+  EXPECT_EQ(JobLayout::parse_checkpoint(JobLayout::checkpoint_name(9, 1))->unit, 9);
+  // Not ours: another stream, a missing digit, a checkpoint taken for a shard, foreign suffixes, a
+  // temporary without a pid, the old "-<pid>" spelling.
+  for (const char* name : {"b0001-x-a000001-t0.h5", "b001-fp-a000001-t0.h5", "b0001-fp-a000001-t0.h5.bak",
+                           "b0001-fp-a000001-t0.h5.tmp.", "b0001-fp-a000001-t0.h5.tmp-12", "notes.txt"}) {
+    EXPECT_FALSE(JobLayout::parse_cache_file(name).has_value()) << name;
+  }
+  EXPECT_FALSE(JobLayout::parse_unit_shard("unit-00003.ckpt-a000017.safetensors").has_value());
+  EXPECT_FALSE(JobLayout::parse_checkpoint("unit-00003.safetensors").has_value());
+  EXPECT_FALSE(JobLayout::parse_unit_shard("unit-3.safetensors").has_value());
 }
 
 }  // namespace

@@ -1,8 +1,10 @@
-#include "storage/job_dir.h"
+#include "storage/job_layout.h"
 
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <regex>
+#include <utility>
 #include <vector>
 
 #include "common/error.h"
@@ -13,16 +15,71 @@ namespace qforge::storage {
 
 using nlohmann::json;
 
-std::string JobDir::unit_shard_name(int unit) {
+std::string JobLayout::unit_shard_name(int unit) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "unit-%05d.safetensors", unit);
   return buf;
 }
 
-std::string JobDir::cache_file_name(int boundary, const std::string& stream, std::int64_t attempt, int part) {
+std::string JobLayout::checkpoint_name(int unit, std::int64_t attempt) {
+  char buf[80];
+  std::snprintf(buf, sizeof buf, "unit-%05d.ckpt-a%06lld.safetensors", unit, static_cast<long long>(attempt));
+  return buf;
+}
+
+std::string JobLayout::cache_file_name(int boundary, const std::string& stream, std::int64_t attempt, int part) {
   char buf[96];
   std::snprintf(buf, sizeof buf, "b%04d-%s-a%06lld-t%d.h5", boundary, stream.c_str(), static_cast<long long>(attempt), part);
   return buf;
+}
+
+namespace {
+
+// The name without a writer's temporary suffix, and whether it had one.
+std::pair<std::string, bool> final_name(const std::string& name) {
+  std::string target;
+  if (is_temp_name(name, &target)) return {target, true};
+  return {name, false};
+}
+
+bool parse_int(const std::smatch& m, int i, std::int64_t& out) {
+  try {
+    out = std::stoll(m[i].str());
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+}  // namespace
+
+std::optional<JobLayout::UnitFile> JobLayout::parse_unit_shard(const std::string& name) {
+  static const std::regex re(R"(^unit-(\d{5,})\.safetensors$)");
+  const auto [base, temporary] = final_name(name);
+  std::smatch m;
+  std::int64_t unit = 0;
+  if (!std::regex_match(base, m, re) || !parse_int(m, 1, unit)) return std::nullopt;
+  return UnitFile{static_cast<int>(unit), -1, temporary};
+}
+
+std::optional<JobLayout::UnitFile> JobLayout::parse_checkpoint(const std::string& name) {
+  static const std::regex re(R"(^unit-(\d{5,})\.ckpt-a(\d{6,})\.safetensors$)");
+  const auto [base, temporary] = final_name(name);
+  std::smatch m;
+  std::int64_t unit = 0, attempt = 0;
+  if (!std::regex_match(base, m, re) || !parse_int(m, 1, unit) || !parse_int(m, 2, attempt)) return std::nullopt;
+  return UnitFile{static_cast<int>(unit), attempt, temporary};
+}
+
+std::optional<JobLayout::CacheFile> JobLayout::parse_cache_file(const std::string& name) {
+  static const std::regex re(R"(^b(\d{4,})-(fp|q)-a(\d{6,})-t(\d+)\.h5$)");
+  const auto [base, temporary] = final_name(name);
+  std::smatch m;
+  std::int64_t boundary = 0, attempt = 0, part = 0;
+  if (!std::regex_match(base, m, re) || !parse_int(m, 1, boundary) || !parse_int(m, 3, attempt) || !parse_int(m, 4, part)) {
+    return std::nullopt;
+  }
+  return CacheFile{static_cast<int>(boundary), m[2].str(), attempt, static_cast<int>(part), temporary};
 }
 
 std::string model_fingerprint(const fs::path& model_dir) {
@@ -81,7 +138,7 @@ bool first_difference(const json& a, const json& b, const std::string& path, std
 
 }  // namespace
 
-json create_or_check_job_spec(const JobDir& dir, json spec) {
+json create_or_check_job_spec(const JobLayout& dir, json spec) {
   spec["format"] = "qforge-job";
   spec["format_version"] = 1;
   spec["fingerprint"] = json_fingerprint(spec.at("identity"));
