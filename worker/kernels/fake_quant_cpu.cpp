@@ -122,8 +122,11 @@ QF_VECTOR_CLONES void span_fake_quant(const float* v, float* out, std::int64_t n
 
 // The gradient of the span's Δ·(code - z) into Δ, in the two parts autograd sums separately: the
 // product's (grad · (code - z)) and the division's (-grad_v · ((v / Δ) / Δ), ATen's formula), where
-// grad_v = grad · Δ inside the clamp's range and 0 outside. Returned summed, product part first.
-QF_VECTOR_CLONES float span_scale_grad(const float* v, const float* grad, std::int64_t n, Grid g) {
+// grad_v = grad · Δ inside the clamp's range and 0 outside. Returned summed, product part first. With
+// kDirect, the same pass also writes the gradient reaching each v directly (through round_ste and the
+// division): out = grad_v / Δ. Inlined into each vector clone below.
+template <bool kDirect>
+inline float scale_grad_pass(const float* v, const float* grad, float* out, std::int64_t n, const Grid& g) {
   float mul[kLanes] = {}, div[kLanes] = {};
   std::int64_t i = 0;
   auto term = [&](int j, std::int64_t k) {
@@ -131,6 +134,7 @@ QF_VECTOR_CLONES float span_scale_grad(const float* v, const float* grad, std::i
     mul[j] += grad[k] * (clamp_code(u, g) - g.zero);
     const float gv = in_range(u, g) ? grad[k] * g.scale : 0.0f;
     div[j] += -gv * ((v[k] / g.scale) / g.scale);
+    if (kDirect) out[k] = gv / g.scale;
   };
   for (; i + kLanes <= n; i += kLanes) {
     for (int j = 0; j < kLanes; ++j) term(j, i + j);
@@ -141,25 +145,12 @@ QF_VECTOR_CLONES float span_scale_grad(const float* v, const float* grad, std::i
   return m + d;
 }
 
-// span_scale_grad and, in the same pass, the gradient reaching each v directly (through round_ste and
-// the division): out = grad_v / Δ.
+QF_VECTOR_CLONES float span_scale_grad(const float* v, const float* grad, std::int64_t n, Grid g) {
+  return scale_grad_pass<false>(v, grad, nullptr, n, g);
+}
+
 QF_VECTOR_CLONES float span_backward(const float* v, const float* grad, float* out, std::int64_t n, Grid g) {
-  float mul[kLanes] = {}, div[kLanes] = {};
-  std::int64_t i = 0;
-  auto term = [&](int j, std::int64_t k) {
-    const float u = unclamped_code(v[k], g);
-    mul[j] += grad[k] * (clamp_code(u, g) - g.zero);
-    const float gv = in_range(u, g) ? grad[k] * g.scale : 0.0f;
-    div[j] += -gv * ((v[k] / g.scale) / g.scale);
-    out[k] = gv / g.scale;
-  };
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) term(j, i + j);
-  }
-  for (; i < n; ++i) term(0, i);
-  float m = 0.0f, d = 0.0f;
-  for (int j = 0; j < kLanes; ++j) m += mul[j], d += div[j];
-  return m + d;
+  return scale_grad_pass<true>(v, grad, out, n, g);
 }
 
 // The activation row's backward: the direct gradient plus each tie's share of the gradient into the
