@@ -25,8 +25,24 @@ using nlohmann::json;
 namespace {
 
 // Everything `status` reports, as one JSON object (also the --json output).
+// Why `dir` holds no job to report on, and what to do: the usual cases are a finished run's output
+// folder, or its default job directory, which a successful run removes.
+std::string no_job_reason(const fs::path& dir) {
+  const std::string keep = "; pass --job-dir DIR to quantize to keep a job directory after success";
+  if (fs::exists(dir / "calibration_report.json")) {
+    return "a finished qforge output folder, not a job directory (its default job directory " +
+           (dir / ".qforge-job").string() + " was removed when the run succeeded; calibration_report.json has the "
+           "per-unit losses)" + keep;
+  }
+  if (dir.filename() == ".qforge-job" && !fs::exists(dir)) {
+    return "no such job directory: the default job directory is removed when its run succeeds (the results are in " +
+           dir.parent_path().string() + ")" + keep;
+  }
+  return "not a qforge job directory (no job.json)";
+}
+
 json collect_status(const storage::JobLayout& jd) {
-  if (!fs::exists(jd.spec_path())) throw InputError(jd.spec_path().string(), "", "not a qforge job directory (no job.json)");
+  if (!fs::exists(jd.spec_path())) throw InputError(jd.root().string(), "", no_job_reason(jd.root()));
   const json spec = json::parse(read_file(jd.spec_path()));
   const json plan = fs::exists(jd.plan_path()) ? json::parse(read_file(jd.plan_path())) : json::object();
   const storage::JournalReplay replay = storage::replay_journal(jd.journal_path());

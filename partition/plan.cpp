@@ -104,9 +104,13 @@ int resolve_team_size(const PlanOptions& o) {
   if (o.nsamples > 0) {
     if (o.seqlen < 1) throw InputError("", "--seqlen", "must be at least 1 when there are calibration samples");
     if (o.batch_size < team) {
+      // The two ways out: a batch that feeds every rank, or teams small enough for this batch.
+      const std::string fix = seq ? "pass --batch-size " + t + " (or more), or --mode independent (each rank calibrates "
+                                    "its own blocks, on the FP model's activations)"
+                                  : "pass --batch-size " + t + " (or more), or a smaller --team-size";
       throw InputError("", "--batch-size",
                        "batch " + b + " is smaller than the team of " + t +
-                           " ranks: every rank needs at least one sequence of each step's batch");
+                           " ranks: every rank needs at least one sequence of each step's batch; " + fix);
     }
   }
   if (o.training()) {

@@ -133,6 +133,11 @@ TEST(Plan, OptionValidation) {
   o.ranks = 4;  // sequential: team of all 4 ranks, but batch 2
   std::string msg = input_error(o);
   EXPECT_NE(msg.find("--batch-size"), std::string::npos) << msg;
+  // ... and the message says what would work.
+  EXPECT_NE(msg.find("pass --batch-size 4 (or more), or --mode independent"), std::string::npos) << msg;
+  o.mode = EngineMode::kIndependent;
+  o.team_size = 4;
+  EXPECT_NE(input_error(o).find("pass --batch-size 4 (or more), or a smaller --team-size"), std::string::npos);
 
   o = data_options();
   o.ranks = 4;

@@ -58,6 +58,15 @@ TEST_F(QuantizeCli, AffineQuantW4A4FromModelGenerateReloadsToTheInMemoryModel) {
   EXPECT_EQ(side.tensors().size(), 5u * 7u * 3u);
   EXPECT_EQ(side.info("model.layers.0.mlp.down_proj.scales").dtype, storage::DType::kF16);
   EXPECT_EQ(side.info("model.layers.0.mlp.down_proj.codes").shape, (std::vector<std::int64_t>{64, 172}));
+  // `status` pointed at the finished output folder, or at its removed default job directory, says what
+  // happened and how to keep a job directory (exit 2, naming the folder).
+  for (const fs::path& where : {out, out / ".qforge-job"}) {
+    auto st = test::run_command(test::qforge_binary() + " status --job-dir " + shell_quote(where.string()));
+    EXPECT_EQ(st.exit_code, 2) << st.output;
+    EXPECT_NE(st.output.find(where.string()), std::string::npos) << st.output;
+    EXPECT_NE(st.output.find("removed"), std::string::npos) << st.output;
+    EXPECT_NE(st.output.find("pass --job-dir DIR to quantize to keep"), std::string::npos) << st.output;
+  }
 }
 
 TEST_F(QuantizeCli, RtnIsWorseThanFpAndFaithfulRecordsExtras) {
