@@ -28,8 +28,9 @@
 # bench_7b / bench_70b (bench_calib_step), stories_1rank / ref6m_1rank (AffineQuant W4A4 quantize + eval
 # against the FP model, timed), stories_2rank (the stories job under `mpirun -np 2` on the one GPU, NCCL over
 # sockets on lo with a distinct NCCL_HOSTID per rank, NCCL_DEBUG=INFO, compared with stories_1rank),
-# bench_7b_bf16 (if time is left). The binaries come from .device/bundle (env.sh: Open MPI relocated
-# with OPAL_PREFIX, LibTorch/CUDA/NCCL from the machine's own torch wheel), the models from .device/data.
+# bench_7b_bf16 and fake_quant_7b (fused kernels against the unfused ops; if time is left). The binaries
+# come from .device/bundle (env.sh: Open MPI relocated with OPAL_PREFIX, LibTorch/CUDA/NCCL from the
+# machine's own torch wheel), the models from .device/data.
 #
 # The first call there is also the proof that binaries built on Debian 12 (glibc 2.36, GCC 12's libstdc++)
 # load on that image: step env prints its glibc and GLIBCXX versions next to the newest ones the bundle needs
@@ -311,6 +312,19 @@ step_bench_70b() { bench "$BENCH_SHAPE_70B" fp32; }
 step_bench_7b_bf16() { bench "$BENCH_SHAPE_7B" bf16; }
 export -f bench step_bench_7b step_bench_70b step_bench_7b_bf16
 
+# The fused fake-quant kernels against LibTorch's unfused ops on the 7B shapes (what fusion buys here;
+# the small shape in the CPU dry run, like the step benchmarks).
+step_fake_quant_7b() {
+  local b="$bundle/bin/bench_fake_quant"
+  [ -x "$b" ] || { fig "bench_fake_quant not in the bundle"; return 77; }
+  echo "+ bench_fake_quant --shape $BENCH_SHAPE_7B --device $device --reps 5"
+  "$b" --shape "$BENCH_SHAPE_7B" --device "$device" --reps 5
+  local rc=$?
+  fig "$(grep -E '^\| (weight|activation)' "$logs/$cur.log" | awk -F'|' '{printf "%s fused/unfused fwd+bwd %s; ", $2, $8}')"
+  return $rc
+}
+export -f step_fake_quant_7b
+
 # ---------------------------------------------------------------- d/e. quantize + eval
 # quantize_eval TAG NRANKS MODEL CALIB_ARGS QUANT_ARGS EVAL_ARGS
 quantize_eval() {
@@ -401,6 +415,7 @@ run_step stories_1rank 60 step_stories_1rank
 run_step stories_2rank 75 step_stories_2rank
 run_step ref6m_1rank 70 step_ref6m_1rank
 run_step bench_7b_bf16 40 step_bench_7b_bf16
+run_step fake_quant_7b 30 step_fake_quant_7b
 
 if [ -n "$mon_pid" ]; then
   kill "$mon_pid" 2>/dev/null; wait "$mon_pid" 2>/dev/null

@@ -22,10 +22,11 @@
 #             fit), mpirun/mpiexec/orterun (copies of Debian's orterun), orted, ompi_info
 #   lib/      the libraries (named by SONAME): Open MPI 4.1 (libmpi, open-rte, open-pal, common), PMIx 4.2,
 #             hwloc, libevent, libudev, munge, HDF5 1.10 (+ szip/aec, zlib), Boost.Program_options,
-#             libsentencepiece + qforge's libqforge_spm.so (dlopen'ed from <exe>/../lib), and two stubs
-#             (libqforge_nocurl.so, libqforge_nocrypto.so) that replace HDF5's libcurl/libcrypto: HDF5 uses
-#             them only in its read-only-S3 driver (ros3), which qforge never opens; the real chain (curl,
-#             gnutls, krb5, ldap, ssh2, OpenSSL...) is ~15 MiB and would not fit.
+#             libsentencepiece + qforge's libqforge_spm.so (dlopen'ed from <exe>/../lib), OpenSSL's
+#             libcrypto (qforge's SHA-256), and a stub (libqforge_nocurl.so; libqforge_nocrypto.so too for
+#             a build that does not need libcrypto itself) that replaces HDF5's libcurl: HDF5 uses it only in
+#             its read-only-S3 driver (ros3), which qforge never opens; the real curl chain (gnutls, krb5,
+#             ldap, ssh2...) is ~15 MiB and would not fit.
 #   lib/openmpi3/  Open MPI's MCA plugins (all that need nothing beyond the libraries above: no UCX,
 #             libfabric, verbs, PSM, netlink or OpenSHMEM ones) = OPAL_PKGLIBDIR
 #   lib/pmix/ PMIx's plugins = PMIX_PKGLIBDIR
@@ -94,6 +95,8 @@ wait_for_elf "$build/jobs/qforge" 1; add_bin "$build/jobs/qforge" qforge
 wait_for_elf "$build/jobs/libqforge_spm.so" 1
 if wait_for_elf "$build/bench/bench_calib_step" 0; then add_bin "$build/bench/bench_calib_step" bench_calib_step
 else say "NOTE: $build/bench/bench_calib_step not built; skipped"; fi
+if wait_for_elf "$build/bench/bench_fake_quant" 0; then add_bin "$build/bench/bench_fake_quant" bench_fake_quant
+else say "NOTE: $build/bench/bench_fake_quant not built; skipped"; fi
 if wait_for_elf "$build/tests/qforge_gpu_tests" 0; then add_bin "$build/tests/qforge_gpu_tests" qforge_gpu_tests
 else say "NOTE: $build/tests/qforge_gpu_tests not built (yet); skipped"; fi
 optional_unit=""
@@ -152,7 +155,13 @@ learn() {  # ldd an object and remember where each soname resolves
   done < <(ldd "$1" 2>/dev/null || true)
 }
 needed() { readelf -d "$1" 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
-stubbed() { [ $use_stubs = 1 ] && { [ "$1" = libcurl.so.4 ] || [ "$1" = libcrypto.so.3 ]; }; }
+# qforge itself takes SHA-256 from libcrypto (common/sha256.cpp): then the real one is bundled (4.5 MiB, it
+# needs only libc) and HDF5 uses it too; only a build without that dependency gets the stub.
+stub_crypto=1
+for obj in "${bins[@]%%|*}" $optional_unit; do
+  case " $(needed "$obj" | tr '\n' ' ') " in *" libcrypto.so.3 "*) stub_crypto=0 ;; esac
+done
+stubbed() { [ $use_stubs = 1 ] && { [ "$1" = libcurl.so.4 ] || { [ "$1" = libcrypto.so.3 ] && [ $stub_crypto = 1 ]; }; }; }
 close_over() {  # object: add its NEEDED libraries (recursively) to want
   local obj=$1 n p
   [ -n "${done_obj[$obj]:-}" ] && return 0
@@ -246,7 +255,10 @@ EOF
     -o "$out/lib/libqforge_nocurl.so" "$tmp/nocurl.c"
   cc -shared -fPIC -O2 -Wl,-soname,libqforge_nocrypto.so -Wl,--version-script="$tmp/nocrypto.map" \
     -o "$out/lib/libqforge_nocrypto.so" "$tmp/nocrypto.c"
-  for pair in "libcurl.so.4:libqforge_nocurl.so:CURL_OPENSSL_4" "libcrypto.so.3:libqforge_nocrypto.so:OPENSSL_3.0.0"; do
+  pairs=("libcurl.so.4:libqforge_nocurl.so:CURL_OPENSSL_4")
+  if [ $stub_crypto = 1 ]; then pairs+=("libcrypto.so.3:libqforge_nocrypto.so:OPENSSL_3.0.0")
+  else rm -f "$out/lib/libqforge_nocrypto.so"; fi
+  for pair in "${pairs[@]}"; do
     IFS=: read -r real stub ver <<<"$pair"
     case " $(needed "$out/lib/$hdf5" | tr '\n' ' ') " in *" $real "*) ;; *) continue ;; esac
     # every symbol HDF5 takes from the real library (by version) must be in the stub
@@ -259,7 +271,10 @@ EOF
   rm -rf "$tmp"
   # nothing else may still need them
   for f in "$out"/lib/*.so*; do
-    case " $(needed "$f" | tr '\n' ' ') " in *" libcurl.so.4 "*|*" libcrypto.so.3 "*) die "$(basename "$f") still needs libcurl/libcrypto" ;; esac
+    case " $(needed "$f" | tr '\n' ' ') " in *" libcurl.so.4 "*) die "$(basename "$f") still needs libcurl" ;; esac
+    if [ $stub_crypto = 1 ]; then
+      case " $(needed "$f" | tr '\n' ' ') " in *" libcrypto.so.3 "*) die "$(basename "$f") still needs libcrypto" ;; esac
+    fi
   done
 fi
 
