@@ -453,13 +453,14 @@ struct Coordinator::Impl {
       if (!busy) std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
     if (failed) return outcome;
-    if (!state.complete()) {
-      fault_point("before_assembly");
-      assemble(state);
-      record({{"type", "job_complete"}});
-    } else {
-      QF_LOG(Info) << "the journal says this job is complete; nothing to do";
+    if (state.complete()) {
+      // A rerun of a finished job: the output folder may be gone or hold something else since, so it
+      // is written again from the journaled (digest-checked) unit shards; nothing is recomputed.
+      QF_LOG(Info) << "the journal says this job is complete: writing its output again from the unit shards";
     }
+    fault_point("before_assembly");
+    assemble(state);
+    record({{"type", "job_complete"}});
     if (!s.keep_cache) collect_garbage();
     send_all(protocol::encode(protocol::Shutdown{true, "done", false}));
     return outcome;

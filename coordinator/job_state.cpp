@@ -62,7 +62,13 @@ void JobState::apply(const json& r) {
   } else if (type == "unit_failed" || type == "worker_lost" || type == "job_failed") {
     last_error_ = r.value("message", type);
   } else if (type == "job_complete") {
-    complete_ = true;
+    // Only a journal whose every unit is done is complete: a job_complete record before that (a forged or
+    // corrupted journal) does not end the job, which then runs its remaining units.
+    complete_ = all_units_done();
+    if (!complete_) {
+      last_error_ = "journal has a job_complete record with only " + std::to_string(done_count()) + " of " +
+                    std::to_string(units()) + " units done; ignored";
+    }
   }
   // unit_assigned and unknown future types change nothing durable.
 }

@@ -74,6 +74,15 @@ TEST(JobState, SequentialScheduleFollowsTheChainAndResumesFromTheJournal) {
   EXPECT_FALSE(replayed.unit_done(1));
   EXPECT_EQ(coordinator::schedule(replayed, {}, false, {0}, 1)[0].unit, 1);
   EXPECT_THROW(replayed.apply(done(7, 2)), InternalError);  // outside the plan
+  // A job_complete record before every unit is done (a forged or damaged journal) does not end the job.
+  replayed.apply({{"type", "job_complete"}});
+  EXPECT_FALSE(replayed.complete());
+  EXPECT_NE(replayed.last_error().find("only 1 of 3 units done"), std::string::npos) << replayed.last_error();
+  EXPECT_EQ(coordinator::schedule(replayed, {}, false, {0}, 1)[0].unit, 1);
+  replayed.apply(done(1, 3, {"b0002-q-a000003-t0.h5"}));
+  replayed.apply(done(2, 4));
+  replayed.apply({{"type", "job_complete"}});
+  EXPECT_TRUE(replayed.complete());
 }
 
 TEST(JobState, IndependentRunsTheFpPassFirstThenUnitsOnIdleTeams) {

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/file_util.h"
+#include "common/sha256.h"
 #include "storage/hf_config.h"
 #include "storage/safetensors.h"
 #include "tests/support/run_command.h"
@@ -94,6 +95,24 @@ TEST_F(QuantizeCli, RtnIsWorseThanFpAndFaithfulRecordsExtras) {
   EXPECT_TRUE(fc.quant->norm_affine);     // W3 per-channel faithful recipe uses LN matrices
   json fq = qforge_eval_json("--model " + shell_quote((dir / "faithful").string()) + data);
   EXPECT_TRUE(fq.contains("ppl"));
+}
+
+// A rerun of a finished job whose output folder was removed, or damaged, writes it again from the kept
+// job directory's unit shards (it used to log "wrote" and leave nothing): the same bytes as the first run.
+TEST_F(QuantizeCli, ARerunOfAFinishedJobWritesItsOutputAgain) {
+  QF_REQUIRE_DATA(model / "model.safetensors");
+  const fs::path out = dir / "z0", job = dir / "z0-job";
+  const std::string flags = "--method rtn --wbits 4 --job-dir " + shell_quote(job.string());
+  ASSERT_EQ(quantize(out, flags).exit_code, 0);
+  const std::string first = sha256_file(out / "model.safetensors");
+  fs::remove_all(out);
+  auto r = quantize(out, flags);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_TRUE(fs::exists(out / "model.safetensors")) << r.output;
+  EXPECT_EQ(sha256_file(out / "model.safetensors"), first);
+  write_file_atomic(out / "model.safetensors", "not a model");
+  ASSERT_EQ(quantize(out, flags).exit_code, 0);
+  EXPECT_EQ(sha256_file(out / "model.safetensors"), first);
 }
 
 TEST_F(QuantizeCli, ConfigFileKeysWithCommandLineOverrides) {
