@@ -138,7 +138,7 @@ json collect_status(const storage::JobLayout& jd) {
     } else if (type == "unit_failed" || type == "worker_lost" || type == "job_failed") {
       out["last_error"] = r.value("message", type);
     } else if (type == "job_complete") {
-      out["complete"] = true;
+      out["complete"] = static_cast<int>(done_records.size()) >= units;  // as JobState: only with every unit done
     }
   }
   // Slurm: the jobs `qforge submit` recorded (slurm.json) and what Slurm says about them now.

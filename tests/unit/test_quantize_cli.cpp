@@ -7,6 +7,7 @@
 #include "common/file_util.h"
 #include "common/sha256.h"
 #include "storage/hf_config.h"
+#include "storage/journal.h"
 #include "storage/safetensors.h"
 #include "tests/support/run_command.h"
 #include "tests/support/test_data.h"
@@ -113,6 +114,39 @@ TEST_F(QuantizeCli, ARerunOfAFinishedJobWritesItsOutputAgain) {
   write_file_atomic(out / "model.safetensors", "not a model");
   ASSERT_EQ(quantize(out, flags).exit_code, 0);
   EXPECT_EQ(sha256_file(out / "model.safetensors"), first);
+}
+
+// `status` counts a job_complete record as JobState does: only once every unit is done.
+TEST_F(QuantizeCli, StatusIgnoresAJobCompleteBeforeEveryUnitIsDone) {
+  const fs::path job = dir / "forged";
+  fs::create_directories(job);
+  write_file_atomic(job / "job.json", R"({"fingerprint": "x", "identity": {"mode": "sequential"}})");
+  write_file_atomic(job / "plan.json", R"({"units": [{}, {}, {}], "teams": 1})");
+  auto status = [&] {
+    auto r = test::run_command(test::qforge_binary() + " status --json --job-dir " + shell_quote(job.string()));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return json::parse(r.output.substr(r.output.find('{')));
+  };
+  auto unit_done = [](int u) {
+    return json{{"type", "unit_done"}, {"unit", u}, {"ranks", json::array()}, {"report", {{"blocks", {u}}}}};
+  };
+  {
+    storage::Journal journal(job / "journal.log");
+    journal.append({{"type", "job_start"}, {"ranks", 1}});
+    journal.append(unit_done(0));
+    journal.append({{"type", "job_complete"}});
+  }
+  json st = status();
+  EXPECT_FALSE(st["complete"].get<bool>()) << st.dump();
+  EXPECT_EQ(st["units_done"], 1);
+  {
+    storage::Journal journal(job / "journal.log");
+    journal.append(unit_done(1));
+    journal.append(unit_done(2));
+    journal.append({{"type", "job_complete"}});
+  }
+  st = status();
+  EXPECT_TRUE(st["complete"].get<bool>()) << st.dump();
 }
 
 TEST_F(QuantizeCli, ConfigFileKeysWithCommandLineOverrides) {
