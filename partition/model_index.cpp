@@ -119,13 +119,23 @@ std::uint64_t ModelIndex::total_bytes() const {
   return n;
 }
 
-std::int64_t ModelIndex::total_parameters() const {
+namespace {
+
+std::int64_t parameters(const std::vector<IndexedTensor>& tensors) {
   std::int64_t n = 0;
-  auto add = [&](const IndexedTensor& t) {
+  for (const auto& t : tensors) {
     n += std::accumulate(t.shape.begin(), t.shape.end(), std::int64_t{1}, std::multiplies<std::int64_t>());
-  };
-  for (const auto& t : globals_) add(t);
-  for (const auto& b : blocks_) for (const auto& t : b) add(t);
+  }
+  return n;
+}
+
+}  // namespace
+
+std::int64_t ModelIndex::block_parameters(int i) const { return parameters(block(i)); }
+
+std::int64_t ModelIndex::total_parameters() const {
+  std::int64_t n = parameters(globals_);
+  for (int i = 0; i < num_blocks(); ++i) n += block_parameters(i);
   return n;
 }
 

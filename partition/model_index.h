@@ -38,6 +38,8 @@ class ModelIndex {
   const std::vector<IndexedTensor>& globals() const { return globals_; }
   std::uint64_t block_bytes(int i) const;
   std::uint64_t total_bytes() const;
+  // Parameters as the checkpoint holds them (a quantized folder's extra tensors, e.g. norm inverses, included).
+  std::int64_t block_parameters(int i) const;
   std::int64_t total_parameters() const;
   // Tensors that were present but ignored (e.g. rotary buffers), for inspect.
   const std::vector<std::string>& ignored() const { return ignored_; }

@@ -7,9 +7,6 @@
 
 #include "common/error.h"
 
-#include <functional>
-#include <numeric>
-
 namespace qforge::worker {
 
 at::ScalarType parse_compute_dtype(const std::string& name) {
@@ -104,11 +101,7 @@ BlockWeights LlamaModel::block(int i) const {
 
 std::uint64_t LlamaModel::blocks_bytes() const {
   std::int64_t params = 0;
-  for (int i = 0; i < num_blocks(); ++i) {
-    for (const auto& t : index_->block(i)) {
-      params += std::accumulate(t.shape.begin(), t.shape.end(), std::int64_t{1}, std::multiplies<std::int64_t>());
-    }
-  }
+  for (int i = 0; i < num_blocks(); ++i) params += index_->block_parameters(i);
   return static_cast<std::uint64_t>(params) * at::elementSize(options_.dtype);
 }
 

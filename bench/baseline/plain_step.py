@@ -38,7 +38,7 @@ def main():
     ap.add_argument("--abits", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sdpa", action="store_true", help="attention by F.scaled_dot_product_attention (default: "
-                    "explicit matmul/softmax, as the official QuantMatMul and qforge)")
+                    "explicit matmul/softmax, as the official QuantMatMul; qforge uses the fused kernel)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg = pc.shape_config(a.shape)

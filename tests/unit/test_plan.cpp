@@ -69,6 +69,7 @@ TEST(Plan, UnitsAreBlocksInOrder) {
   const Plan plan = make_block_plan(index, data_options());
   ASSERT_EQ(plan.units.size(), 3u);
   ASSERT_EQ(index.config().block_parameters(), 592);
+  EXPECT_EQ(index.block_parameters(1), 592);  // the checkpoint's tensors count what the config says
   for (int b = 0; b < 3; ++b) {
     const WorkUnit& u = plan.units[static_cast<std::size_t>(b)];
     EXPECT_EQ(u.id, b);

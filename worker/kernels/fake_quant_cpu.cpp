@@ -218,10 +218,13 @@ WeightGroup derive_group(float max, float min, std::int64_t imax, std::int64_t i
   return g;
 }
 
-WeightGroup weight_group(const float* w, std::int64_t n, const float* upper, const float* lower, const WeightQuantSpec& spec) {
+// Measures the group; positions: also find imax and imin (what a backward needs; 0 otherwise).
+WeightGroup weight_group(const float* w, std::int64_t n, const float* upper, const float* lower, const WeightQuantSpec& spec,
+                         bool positions) {
   float max = 0.0f, min = 0.0f;
   span_min_max(w, n, &max, &min);
-  return derive_group(max, min, first_equal(w, n, max), first_equal(w, n, min), upper, lower, spec);
+  return derive_group(max, min, positions ? first_equal(w, n, max) : 0, positions ? first_equal(w, n, min) : 0, upper,
+                      lower, spec);
 }
 
 // Gradients of one group's Δ into its max and min elements and its clip logits.
@@ -351,14 +354,9 @@ at::Tensor fake_quant_weight_forward_cpu(const at::Tensor& w, const WeightQuantS
     for (std::int64_t i = first; i < last; ++i) {
       const GroupSpan s = group_span(i, in, spec.group_size, groups);
       const std::int64_t base = s.row * in + s.begin;
-      float max = 0.0f, min = 0.0f;
-      span_min_max(wp + base, s.size, &max, &min);
-      const WeightGroup g = derive_group(max, min, 0, 0, up ? up + i : nullptr, lp ? lp + i : nullptr, spec);
+      const WeightGroup g = weight_group(wp + base, s.size, up ? up + i : nullptr, lp ? lp + i : nullptr, spec, ep != nullptr);
       span_fake_quant(wp + base, op + base, s.size, g.grid(spec));
-      if (ep != nullptr) {
-        ep[2 * i] = max, ep[2 * i + 1] = min;
-        pp[2 * i] = first_equal(wp + base, s.size, max), pp[2 * i + 1] = first_equal(wp + base, s.size, min);
-      }
+      if (ep != nullptr) ep[2 * i] = g.max, ep[2 * i + 1] = g.min, pp[2 * i] = g.imax, pp[2 * i + 1] = g.imin;
     }
   });
   return out;
@@ -394,7 +392,7 @@ WeightFakeQuantGrads fake_quant_weight_backward_cpu(const at::Tensor& grad_out, 
       const float* ui = up ? up + i : nullptr;
       const float* li = lp ? lp + i : nullptr;
       const WeightGroup g = ep != nullptr ? derive_group(ep[2 * i], ep[2 * i + 1], pp[2 * i], pp[2 * i + 1], ui, li, spec)
-                                          : weight_group(wp + base, s.size, ui, li, spec);
+                                          : weight_group(wp + base, s.size, ui, li, spec, true);
       const float grad_scale = span_backward(wp + base, gp + base, gwp + base, s.size, g.grid(spec));
       const WeightGroupGrads gg = weight_group_backward(g, grad_scale, up != nullptr, spec);
       if (gup != nullptr) gup[i] = gg.upper, glp[i] = gg.lower;
