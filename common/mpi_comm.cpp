@@ -23,7 +23,7 @@ void throw_mpi_error(int code, const char* call, const char* file, int line) {
   char text[MPI_MAX_ERROR_STRING];
   int len = 0;
   if (MPI_Error_string(code, text, &len) != MPI_SUCCESS) len = 0;
-  throw MpiError(std::string(call) + " failed on rank " + std::to_string(world_rank_or_minus_one()) + " (" +
+  throw CommError(std::string(call) + " failed on rank " + std::to_string(world_rank_or_minus_one()) + " (" +
                  std::string(text, static_cast<std::size_t>(len)) + ") at " + file + ":" + std::to_string(line));
 }
 
@@ -101,6 +101,7 @@ void MpiComm::send(int dest, int tag, const std::string& bytes) const {
 }
 
 std::optional<std::pair<int, std::string>> MpiComm::try_recv(int source, int tag) const {
+  if (source == kAnySource) source = MPI_ANY_SOURCE;
   // Mprobe/Mrecv: with several threads receiving on one communicator, a plain Iprobe + Recv pair could
   // have its message taken by another thread in between.
   int flag = 0;
@@ -115,7 +116,7 @@ std::optional<std::pair<int, std::string>> MpiComm::try_recv(int source, int tag
   return std::make_pair(st.MPI_SOURCE, std::move(bytes));
 }
 
-void MpiComm::all_reduce(void* data, std::int64_t n, MPI_Datatype type, MPI_Op op, std::chrono::duration<double> timeout,
+void MpiComm::all_reduce(void* data, std::int64_t n, MPI_Datatype type, MPI_Op op, Timeout timeout,
                          const std::string& what, const Poll& poll) const {
   if (size_ == 1) return;  // nothing to combine; also keeps the one-rank path free of MPI traffic
   QF_CHECK(n <= INT32_MAX, "all-reduce message too large");
@@ -129,7 +130,7 @@ void MpiComm::all_reduce(void* data, std::int64_t n, MPI_Datatype type, MPI_Op o
     if (poll) poll();
     if (std::chrono::steady_clock::now() > deadline) {
       // The request cannot be cancelled; the caller ends the job (the coordinator names the lost rank).
-      throw MpiError(what + ": all-reduce over " + std::to_string(size_) + " ranks did not complete within " +
+      throw CommError(what + ": all-reduce over " + std::to_string(size_) + " ranks did not complete within " +
                      std::to_string(static_cast<int>(timeout.count())) + " s (a peer is stopped or gone)");
     }
     // Spin briefly for the common fast case, then back off so a waiting rank does not burn a core.
@@ -137,13 +138,13 @@ void MpiComm::all_reduce(void* data, std::int64_t n, MPI_Datatype type, MPI_Op o
   }
 }
 
-void MpiComm::all_reduce_sum(float* d, std::int64_t n, std::chrono::duration<double> t, const std::string& w, const Poll& p) const {
+void MpiComm::all_reduce_sum(float* d, std::int64_t n, Timeout t, const std::string& w, const Poll& p) const {
   all_reduce(d, n, MPI_FLOAT, MPI_SUM, t, w, p);
 }
-void MpiComm::all_reduce_sum(double* d, std::int64_t n, std::chrono::duration<double> t, const std::string& w, const Poll& p) const {
+void MpiComm::all_reduce_sum(double* d, std::int64_t n, Timeout t, const std::string& w, const Poll& p) const {
   all_reduce(d, n, MPI_DOUBLE, MPI_SUM, t, w, p);
 }
-void MpiComm::all_reduce_max(float* d, std::int64_t n, std::chrono::duration<double> t, const std::string& w, const Poll& p) const {
+void MpiComm::all_reduce_max(float* d, std::int64_t n, Timeout t, const std::string& w, const Poll& p) const {
   all_reduce(d, n, MPI_FLOAT, MPI_MAX, t, w, p);
 }
 

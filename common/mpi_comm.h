@@ -1,10 +1,10 @@
 // MPI ownership and the checked calls qforge makes.
 //
 // MpiSession owns MPI_Init_thread/MPI_Finalize (MPI_THREAD_MULTIPLE: the coordinator thread, the
-// heartbeat thread and the worker's compute thread all talk MPI). MpiComm is a move-only owner of a
-// duplicated communicator with MPI_ERRORS_RETURN set, so a failed call comes back to us as an error
-// code (turned into an exception naming the call, file:line and rank) instead of killing the job
-// before the journal records why. Anything that can wait on a peer that may be gone is non-blocking
+// heartbeat thread and the worker's compute thread all talk MPI). MpiComm, the job's Transport
+// (common/transport.h), is a move-only owner of a duplicated communicator with MPI_ERRORS_RETURN
+// set, so a failed call comes back to us as an error code (turned into an exception naming the call,
+// file:line and rank) instead of killing the job before the journal records why. Anything that can wait on a peer that may be gone is non-blocking
 // with a deadline: a lost rank shows up as a timeout with context, never as a silent hang.
 #pragma once
 
@@ -22,21 +22,9 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/transport.h"
 
 namespace qforge {
-
-// An MPI call failed (error string included) or a peer did not answer in time.
-class MpiError : public InternalError {
- public:
-  using InternalError::InternalError;
-};
-
-// The job was told to stop (coordinator SHUTDOWN) while this rank was waiting on a peer.
-class JobAborted : public InternalError {
- public:
-  using InternalError::InternalError;
-  bool abort = false;  // rank 0 will MPI_Abort: do not finalize
-};
 
 [[noreturn]] void throw_mpi_error(int code, const char* call, const char* file, int line);
 
@@ -64,43 +52,38 @@ class MpiSession {
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
 };
 
-class MpiComm {
+// The Transport of a job's ranks (CommError for a failed call, naming it).
+class MpiComm : public Transport {
  public:
   MpiComm() = default;
   // Duplicates `parent` and sets MPI_ERRORS_RETURN on the copy.
   static MpiComm duplicate(MPI_Comm parent);
-  ~MpiComm();
+  ~MpiComm() override;
   MpiComm(MpiComm&& other) noexcept;
   MpiComm& operator=(MpiComm&& other) noexcept;
   MpiComm(const MpiComm&) = delete;
   MpiComm& operator=(const MpiComm&) = delete;
 
   MPI_Comm get() const { return comm_; }
-  int rank() const { return rank_; }
-  int size() const { return size_; }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
   // Collective: ranks with equal color form a communicator, ordered by key.
   MpiComm split(int color, int key) const;
 
-  // Point-to-point byte messages (the transport of the protocol; payloads are opaque here).
-  void send(int dest, int tag, const std::string& bytes) const;
-  // Non-blocking probe; returns the source rank and payload of one message with `tag` from `source`
-  // (MPI_ANY_SOURCE allowed) if one is waiting.
-  std::optional<std::pair<int, std::string>> try_recv(int source, int tag) const;
-
-  // Sum (or max) all-reduce in place, non-blocking underneath: polls until done, calling `poll` between
-  // tests (it may throw, e.g. JobAborted), and throws MpiError naming `what` after `timeout`.
-  using Poll = std::function<void()>;
-  void all_reduce_sum(float* data, std::int64_t n, std::chrono::duration<double> timeout, const std::string& what,
-                      const Poll& poll = {}) const;
-  void all_reduce_sum(double* data, std::int64_t n, std::chrono::duration<double> timeout, const std::string& what,
-                      const Poll& poll = {}) const;
-  void all_reduce_max(float* data, std::int64_t n, std::chrono::duration<double> timeout, const std::string& what,
-                      const Poll& poll = {}) const;
-  // Broadcast of a byte string from `root` (blocking: used at start-up only, before any peer can be lost).
-  std::string broadcast(const std::string& bytes, int root) const;
+  void send(int dest, int tag, const std::string& bytes) const override;
+  // Mprobe/Mrecv, so threads receiving on one communicator never take each other's message.
+  std::optional<std::pair<int, std::string>> try_recv(int source, int tag) const override;
+  // Non-blocking underneath (MPI_Iallreduce, then MPI_Test calling `poll` between tests).
+  void all_reduce_sum(float* data, std::int64_t n, Timeout timeout, const std::string& what,
+                      const Poll& poll = {}) const override;
+  void all_reduce_sum(double* data, std::int64_t n, Timeout timeout, const std::string& what,
+                      const Poll& poll = {}) const override;
+  void all_reduce_max(float* data, std::int64_t n, Timeout timeout, const std::string& what,
+                      const Poll& poll = {}) const override;
+  std::string broadcast(const std::string& bytes, int root) const override;
 
  private:
-  void all_reduce(void* data, std::int64_t n, MPI_Datatype type, MPI_Op op, std::chrono::duration<double> timeout,
+  void all_reduce(void* data, std::int64_t n, MPI_Datatype type, MPI_Op op, Timeout timeout,
                   const std::string& what, const Poll& poll) const;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 0;

@@ -12,17 +12,17 @@ namespace {
 
 void check_nccl(ncclResult_t r, const char* call) {
   if (r != ncclSuccess && r != ncclInProgress) {
-    throw MpiError(std::string(call) + " failed: " + ncclGetErrorString(r));
+    throw CommError(std::string(call) + " failed: " + ncclGetErrorString(r));
   }
 }
 
 void check_cuda(cudaError_t e, const char* call) {
-  if (e != cudaSuccess) throw MpiError(std::string(call) + " failed: " + cudaGetErrorString(e));
+  if (e != cudaSuccess) throw CommError(std::string(call) + " failed: " + cudaGetErrorString(e));
 }
 
 }  // namespace
 
-NcclComm::NcclComm(const MpiComm& team, int cuda_device) : size_(team.size()), device_(cuda_device) {
+NcclComm::NcclComm(const Transport& team, int cuda_device) : size_(team.size()), device_(cuda_device) {
   check_cuda(cudaSetDevice(cuda_device), "cudaSetDevice");
   ncclUniqueId id;
   std::string bytes;
@@ -43,7 +43,7 @@ NcclComm::~NcclComm() {
 }
 
 void NcclComm::all_reduce(void* data, std::int64_t n, bool is_double, Op op, cudaStream_t stream,
-                          std::chrono::duration<double> timeout, const std::string& what, const MpiComm::Poll& poll) {
+                          std::chrono::duration<double> timeout, const std::string& what, const Transport::Poll& poll) {
   QF_CHECK(!aborted_, what + ": the team's NCCL communicator was aborted earlier");
   if (size_ == 1 || n == 0) return;
   check_nccl(ncclAllReduce(data, data, static_cast<std::size_t>(n), is_double ? ncclFloat64 : ncclFloat32,
@@ -59,7 +59,7 @@ void NcclComm::all_reduce(void* data, std::int64_t n, bool is_double, Op op, cud
     if (async != ncclSuccess && async != ncclInProgress) {
       ncclCommAbort(comm_);
       aborted_ = true;
-      throw MpiError(what + ": NCCL all-reduce failed: " + ncclGetErrorString(async));
+      throw CommError(what + ": NCCL all-reduce failed: " + ncclGetErrorString(async));
     }
     if (poll) {
       try {
@@ -75,7 +75,7 @@ void NcclComm::all_reduce(void* data, std::int64_t n, bool is_double, Op op, cud
     if (std::chrono::steady_clock::now() > deadline) {
       ncclCommAbort(comm_);
       aborted_ = true;
-      throw MpiError(what + ": NCCL all-reduce over " + std::to_string(size_) + " ranks did not complete within " +
+      throw CommError(what + ": NCCL all-reduce over " + std::to_string(size_) + " ranks did not complete within " +
                      std::to_string(static_cast<int>(timeout.count())) + " s (a peer is stopped or gone)");
     }
     if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(200));

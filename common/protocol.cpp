@@ -8,128 +8,177 @@ using nlohmann::json;
 
 namespace {
 
-std::string wrap(const char* type, json body) {
-  body["v"] = kVersion;
-  body["type"] = type;
-  return body.dump();
+template <typename T>
+json optional_json(const std::optional<T>& v) {
+  return v ? json(*v) : json(nullptr);
+}
+
+template <typename T>
+std::optional<T> optional_from(const json& j) {
+  if (j.is_null()) return std::nullopt;
+  return j.get<T>();
 }
 
 }  // namespace
 
-json to_json(const Task& t) {
-  return {{"kind", t.kind}, {"unit", t.unit}, {"attempt", t.attempt}, {"team_ranks", t.team_ranks},
-          {"samples", t.samples}, {"input_boundary", t.input_boundary}, {"x_fp_files", t.x_fp_files},
-          {"x_q_files", t.x_q_files}, {"write_next", t.write_next}, {"last_unit", t.last_unit},
-          {"first_block", t.first_block}, {"num_blocks", t.num_blocks}, {"blocks", t.blocks},
-          {"resume_from", t.resume_from}, {"resume_digest", t.resume_digest}};
-}
-
-Task task_from_json(const json& j) {
-  Task t;
-  t.kind = j.at("kind").get<std::string>();
-  t.unit = j.at("unit").get<int>();
-  t.attempt = j.at("attempt").get<std::int64_t>();
-  t.team_ranks = j.at("team_ranks").get<std::vector<int>>();
-  t.samples = j.at("samples").get<std::vector<std::int64_t>>();
-  t.input_boundary = j.at("input_boundary").get<int>();
-  t.x_fp_files = j.at("x_fp_files").get<std::vector<std::string>>();
-  t.x_q_files = j.at("x_q_files").get<std::vector<std::string>>();
-  t.write_next = j.at("write_next").get<bool>();
-  t.last_unit = j.at("last_unit").get<bool>();
-  t.first_block = j.at("first_block").get<int>();
-  t.num_blocks = j.at("num_blocks").get<int>();
-  t.blocks = j.at("blocks").get<std::vector<int>>();
-  t.resume_from = j.at("resume_from").get<std::string>();
-  t.resume_digest = j.at("resume_digest").get<std::string>();
-  return t;
-}
-
-std::string encode(const Hello& m) {
-  return wrap("hello", {{"rank", m.rank}, {"host", m.host}, {"device", m.device}, {"memory_bytes", m.memory_bytes},
-                        {"threads", m.threads}});
-}
-std::string encode(const Task& m) { return wrap("assign", {{"task", to_json(m)}}); }
-std::string encode(const Heartbeat& m) { return wrap("heartbeat", {{"rank", m.rank}, {"unit", m.unit}, {"phase", m.phase}}); }
-std::string encode(const Done& m) {
-  return wrap("done", {{"rank", m.rank}, {"task", to_json(m.task)}, {"samples", m.samples}, {"files", m.files},
-                       {"shard", m.shard}, {"digest", m.digest}, {"report", m.report}, {"peak_rss", m.peak_rss},
-                       {"baseline_rss", m.baseline_rss}, {"cache_bytes_written", m.cache_bytes_written},
-                       {"cache_bytes_read", m.cache_bytes_read}, {"seconds", m.seconds}, {"stopped", m.stopped}});
-}
-std::string encode(const Failed& m) { return wrap("failed", {{"rank", m.rank}, {"task", to_json(m.task)}, {"reason", m.reason}}); }
-std::string encode(const Shutdown& m) {
-  return wrap("shutdown", {{"ok", m.ok}, {"reason", m.reason}, {"abort", m.abort}, {"exit_code", m.exit_code}});
-}
-std::string encode(const Checkpoint& m) { return wrap("checkpoint", {{"unit", m.unit}, {"attempt", m.attempt}}); }
-
-Message decode(const std::string& bytes, int from_rank) {
-  json j;
-  try {
-    j = json::parse(bytes);
-  } catch (const json::exception& e) {
-    throw InternalError("protocol: unreadable message from rank " + std::to_string(from_rank) + ": " + e.what());
-  }
-  if (!j.is_object() || !j.contains("v") || !j.contains("type")) {
-    throw InternalError("protocol: message from rank " + std::to_string(from_rank) + " lacks version/type");
-  }
-  if (j["v"] != kVersion) {
-    throw InternalError("protocol: rank " + std::to_string(from_rank) + " speaks version " + j["v"].dump() +
-                        ", this qforge speaks " + std::to_string(kVersion) + " (mixed qforge builds in one job?)");
-  }
-  return {j["type"].get<std::string>(), std::move(j)};
+// nlohmann/json conversions, found by argument-dependent lookup. `at` throws on a missing field; decode
+// turns that into an error naming the sender.
+void to_json(json& j, const UnitFile& f) { j = {{"name", f.name}, {"sha256", f.sha256}}; }
+void from_json(const json& j, UnitFile& f) {
+  f.name = j.at("name").get<std::string>();
+  f.sha256 = j.at("sha256").get<std::string>();
 }
 
 namespace {
-void expect(const Message& m, const char* type) {
-  if (m.type != type) throw InternalError("protocol: expected " + std::string(type) + ", got " + m.type);
-}
-}  // namespace
 
-Hello hello_from(const Message& m) {
-  expect(m, "hello");
-  const json& b = m.body;
-  return {b.at("rank").get<int>(), b.at("host").get<std::string>(), b.at("device").get<std::string>(),
-          b.at("memory_bytes").get<std::uint64_t>(), b.at("threads").get<int>()};
+json work_json(const Work& w) {
+  json j = {{"kind", kind_name(w)}};
+  if (const auto* fp = std::get_if<FpPassWork>(&w)) {
+    j["samples"] = fp->samples;
+  } else if (const auto* p = std::get_if<ProbeWork>(&w)) {
+    j["blocks"] = p->blocks;
+    j["samples"] = p->samples;
+    j["x_fp_files"] = p->x_fp_files;
+  } else {
+    const auto& u = std::get<UnitWork>(w);
+    j.update({{"unit", u.unit}, {"first_block", u.first_block}, {"num_blocks", u.num_blocks},
+              {"x_fp_files", u.x_fp_files}, {"x_q_files", u.x_q_files}, {"write_next", u.write_next},
+              {"last_unit", u.last_unit}, {"resume_from", u.resume_from}, {"resume_digest", u.resume_digest}});
+  }
+  return j;
 }
-Task task_from(const Message& m) {
-  expect(m, "assign");
-  return task_from_json(m.body.at("task"));
+
+Work work_from(const json& j) {
+  const std::string kind = j.at("kind").get<std::string>();
+  if (kind == "fp_pass") return FpPassWork{j.at("samples").get<std::vector<std::int64_t>>()};
+  if (kind == "probe") {
+    return ProbeWork{j.at("blocks").get<std::vector<int>>(), j.at("samples").get<std::vector<std::int64_t>>(),
+                     j.at("x_fp_files").get<std::vector<std::string>>()};
+  }
+  if (kind != "unit") throw std::invalid_argument("unknown work kind '" + kind + "'");
+  UnitWork u;
+  u.unit = j.at("unit").get<int>();
+  u.first_block = j.at("first_block").get<int>();
+  u.num_blocks = j.at("num_blocks").get<int>();
+  u.x_fp_files = j.at("x_fp_files").get<std::vector<std::string>>();
+  u.x_q_files = j.at("x_q_files").get<std::vector<std::string>>();
+  u.write_next = j.at("write_next").get<bool>();
+  u.last_unit = j.at("last_unit").get<bool>();
+  u.resume_from = j.at("resume_from").get<std::string>();
+  u.resume_digest = j.at("resume_digest").get<std::string>();
+  return u;
 }
-Heartbeat heartbeat_from(const Message& m) {
-  expect(m, "heartbeat");
-  return {m.body.at("rank").get<int>(), m.body.at("unit").get<int>(), m.body.at("phase").get<std::string>()};
-}
-Done done_from(const Message& m) {
-  expect(m, "done");
-  const json& b = m.body;
+
+struct Encoder {
+  json operator()(const Hello& m) const {
+    return {{"rank", m.rank}, {"host", m.host}, {"device", m.device}, {"memory_bytes", m.memory_bytes},
+            {"threads", m.threads}};
+  }
+  json operator()(const Assign& m) const { return {{"id", m.id}, {"ranks", m.ranks}, {"work", work_json(m.work)}}; }
+  json operator()(const Heartbeat& m) const {
+    return {{"rank", m.rank}, {"assignment", m.assignment}, {"phase", m.phase}};
+  }
+  json operator()(const Done& m) const {
+    return {{"rank", m.rank}, {"assignment", m.assignment}, {"probed_block", optional_json(m.probed_block)},
+            {"samples", m.samples}, {"cache_files", m.cache_files}, {"shard", optional_json(m.shard)},
+            {"stopped", m.stopped}, {"checkpoint", optional_json(m.checkpoint)}, {"report", m.report},
+            {"peak_rss", m.peak_rss}, {"baseline_rss", m.baseline_rss},
+            {"cache_bytes_written", m.cache_bytes_written}, {"cache_bytes_read", m.cache_bytes_read},
+            {"seconds", m.seconds}};
+  }
+  json operator()(const Failed& m) const {
+    return {{"rank", m.rank}, {"assignment", m.assignment}, {"reason", m.reason}};
+  }
+  json operator()(const Shutdown& m) const {
+    return {{"ok", m.ok}, {"reason", m.reason}, {"abort", m.abort}, {"exit_code", m.exit_code}};
+  }
+  json operator()(const Checkpoint& m) const { return {{"assignment", m.assignment}}; }
+};
+
+Done done_from(const json& b) {
   Done d;
   d.rank = b.at("rank").get<int>();
-  d.task = task_from_json(b.at("task"));
+  d.assignment = b.at("assignment").get<std::int64_t>();
+  d.probed_block = optional_from<int>(b.at("probed_block"));
   d.samples = b.at("samples").get<std::int64_t>();
-  d.files = b.at("files").get<std::vector<std::string>>();
-  d.shard = b.at("shard").get<std::string>();
-  d.digest = b.at("digest").get<std::string>();
+  d.cache_files = b.at("cache_files").get<std::vector<std::string>>();
+  d.shard = optional_from<UnitFile>(b.at("shard"));
+  d.stopped = b.at("stopped").get<bool>();
+  d.checkpoint = optional_from<UnitFile>(b.at("checkpoint"));
   d.report = b.at("report");
   d.peak_rss = b.at("peak_rss").get<std::uint64_t>();
   d.baseline_rss = b.at("baseline_rss").get<std::uint64_t>();
   d.cache_bytes_written = b.at("cache_bytes_written").get<std::uint64_t>();
   d.cache_bytes_read = b.at("cache_bytes_read").get<std::uint64_t>();
   d.seconds = b.at("seconds").get<double>();
-  d.stopped = b.at("stopped").get<bool>();
   return d;
 }
-Failed failed_from(const Message& m) {
-  expect(m, "failed");
-  return {m.body.at("rank").get<int>(), task_from_json(m.body.at("task")), m.body.at("reason").get<std::string>()};
+
+Message message_from(const std::string& type, const json& b) {
+  if (type == "hello") {
+    return Hello{b.at("rank").get<int>(), b.at("host").get<std::string>(), b.at("device").get<std::string>(),
+                 b.at("memory_bytes").get<std::uint64_t>(), b.at("threads").get<int>()};
+  }
+  if (type == "assign") {
+    return Assign{b.at("id").get<std::int64_t>(), b.at("ranks").get<std::vector<int>>(), work_from(b.at("work"))};
+  }
+  if (type == "heartbeat") {
+    return Heartbeat{b.at("rank").get<int>(), b.at("assignment").get<std::int64_t>(), b.at("phase").get<std::string>()};
+  }
+  if (type == "done") return done_from(b);
+  if (type == "failed") {
+    return Failed{b.at("rank").get<int>(), b.at("assignment").get<std::int64_t>(), b.at("reason").get<std::string>()};
+  }
+  if (type == "shutdown") {
+    return Shutdown{b.at("ok").get<bool>(), b.at("reason").get<std::string>(), b.at("abort").get<bool>(),
+                    b.at("exit_code").get<int>()};
+  }
+  if (type == "checkpoint") return Checkpoint{b.at("assignment").get<std::int64_t>()};
+  throw std::invalid_argument("unknown message type '" + type + "'");
 }
-Shutdown shutdown_from(const Message& m) {
-  expect(m, "shutdown");
-  return {m.body.at("ok").get<bool>(), m.body.at("reason").get<std::string>(), m.body.at("abort").get<bool>(),
-          m.body.at("exit_code").get<int>()};
+
+}  // namespace
+
+const char* type_name(const Message& m) {
+  static constexpr const char* kNames[] = {"hello", "assign", "heartbeat", "done", "failed", "shutdown", "checkpoint"};
+  static_assert(std::size(kNames) == std::variant_size_v<Message>, "one name per message type");
+  return kNames[m.index()];
 }
-Checkpoint checkpoint_from(const Message& m) {
-  expect(m, "checkpoint");
-  return {m.body.at("unit").get<int>(), m.body.at("attempt").get<std::int64_t>()};
+
+const char* kind_name(const Work& w) {
+  static constexpr const char* kNames[] = {"fp_pass", "probe", "unit"};
+  static_assert(std::size(kNames) == std::variant_size_v<Work>, "one name per work kind");
+  return kNames[w.index()];
+}
+
+std::string encode(const Message& m) {
+  json body = std::visit(Encoder{}, m);
+  body["v"] = kVersion;
+  body["type"] = type_name(m);
+  return body.dump();
+}
+
+Message decode(const std::string& bytes, int from_rank) {
+  const std::string from = "protocol: message from rank " + std::to_string(from_rank);
+  json j;
+  try {
+    j = json::parse(bytes);
+  } catch (const json::exception& e) {
+    throw InternalError(from + " is not JSON: " + e.what());
+  }
+  if (!j.is_object() || !j.contains("v") || !j.contains("type") || !j["type"].is_string()) {
+    throw InternalError(from + " lacks version/type");
+  }
+  if (j["v"] != kVersion) {
+    throw InternalError("protocol: rank " + std::to_string(from_rank) + " speaks version " + j["v"].dump() +
+                        ", this qforge speaks " + std::to_string(kVersion) + " (mixed qforge builds in one job?)");
+  }
+  const std::string type = j["type"].get<std::string>();
+  try {
+    return message_from(type, j);
+  } catch (const std::exception& e) {
+    throw InternalError(from + " is not a valid " + type + " message: " + e.what());
+  }
 }
 
 }  // namespace qforge::protocol

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <ctime>
 #include <map>
 #include <set>
@@ -11,7 +12,6 @@
 #include "common/fault.h"
 #include "common/log.h"
 #include "common/protocol.h"
-#include "common/signals.h"
 #include "common/progress.h"
 #include "partition/joint_selection.h"
 #include "partition/sample_split.h"
@@ -30,6 +30,13 @@ double unix_time() {
   return static_cast<double>(ms.count()) / 1000.0;
 }
 
+// "12 s", or "0.25 s" below ten seconds (tests and impatient users set sub-second timeouts).
+std::string seconds_text(double s) {
+  char b[32];
+  std::snprintf(b, sizeof b, s < 10 ? "%.2g s" : "%.0f s", s);
+  return b;
+}
+
 // Boundary of a cache slice the worker reported (it names only files it wrote).
 int boundary_of(const std::string& name) {
   const auto f = storage::JobLayout::parse_cache_file(name);
@@ -41,21 +48,24 @@ int boundary_of(const std::string& name) {
 
 struct Coordinator::Impl {
   struct Running {  // one assignment in flight
-    protocol::Task task;
-    int team = 0;
+    std::int64_t id = 0;
+    std::vector<int> ranks;
+    std::map<int, protocol::Work> work;   // by rank (the FP pass and probes give each rank a share)
+    int team = -1;                        // a unit's team; -1: every team (FP pass, probes)
+    std::vector<std::string> inputs;      // cache files any of its ranks reads
     std::map<int, protocol::Done> dones;  // by rank
+    std::set<int> probes_pending;         // probes: blocks not reported yet
   };
 
   CoordinatorSettings s;
-  const MpiComm& control;
+  const Transport& control;
   storage::Journal& journal;
   JobState state;
   Assemble assemble;
-  std::map<int, Running> running;        // by unit; the FP pass is unit -1, the probes -2
-  std::set<int> probes_pending;          // blocks of the probe assignment in flight
+  std::map<std::int64_t, Running> running;  // by assignment id
   std::map<int, Clock::time_point> last_heard;
   std::map<int, protocol::Hello> hellos;
-  std::map<int, std::string> phase;      // rank -> last heartbeat phase
+  std::map<int, protocol::Heartbeat> heartbeats;  // rank -> the last one
   std::set<int> busy_teams;
   bool failed = false;
   bool stopping = false;                 // a stop signal arrived: checkpoint, then end with kExitStopped
@@ -63,7 +73,7 @@ struct Coordinator::Impl {
   int teams = 1;
   ProgressMeter meter;
 
-  Impl(CoordinatorSettings settings, const MpiComm& c, storage::Journal& j, JobState st, Assemble a)
+  Impl(CoordinatorSettings settings, const Transport& c, storage::Journal& j, JobState st, Assemble a)
       : s(std::move(settings)), control(c), journal(j), state(std::move(st)), assemble(std::move(a)),
         teams(s.ranks / s.team_size), meter("units", state.units(), "") {}
 
@@ -80,24 +90,31 @@ struct Coordinator::Impl {
   }
 
   std::string unit_label(int unit) const {
-    if (unit == -1) return "the FP pass";
-    if (unit == -2) return "the MRECG probes";
     const auto [first, count] = state.unit(unit);
     return "unit " + std::to_string(unit) + " (block" + (count > 1 ? "s " : " ") + std::to_string(first) +
            (count > 1 ? "-" + std::to_string(first + count - 1) : "") + ")";
   }
 
-  // What rank r is doing, for messages: the assignment it belongs to, if any.
-  int unit_of(int rank) const {
-    for (const auto& [u, run] : running) {
-      for (int r : run.task.team_ranks) {
-        if (r == rank && !run.dones.count(rank)) return u;
-      }
-    }
-    return -2;
+  std::string label(const protocol::Work& w) const {
+    if (std::holds_alternative<protocol::FpPassWork>(w)) return "the FP pass";
+    if (std::holds_alternative<protocol::ProbeWork>(w)) return "the MRECG probes";
+    return unit_label(std::get<protocol::UnitWork>(w).unit);
   }
 
-  void send_all(const std::string& bytes, const std::set<int>& except = {}) {
+  // The assignment rank r is working on (it has not answered yet), if any.
+  const Running* assignment_of(int rank) const {
+    for (const auto& [id, run] : running) {
+      for (int r : run.ranks) {
+        if (r == rank && !run.dones.count(rank)) return &run;
+      }
+    }
+    return nullptr;
+  }
+
+  void send(int rank, const protocol::Message& m) { control.send(rank, protocol::kTagToWorker, protocol::encode(m)); }
+
+  void send_all(const protocol::Message& m, const std::set<int>& except = {}) {
+    const std::string bytes = protocol::encode(m);
     for (int r = 0; r < s.ranks; ++r) {
       if (except.count(r)) continue;
       try {
@@ -112,175 +129,201 @@ struct Coordinator::Impl {
     QF_LOG(Error) << message;
     failed = true;
     outcome = {code, must_abort, message};
-    send_all(protocol::encode(protocol::Shutdown{false, message, must_abort, code}), lost_ranks);
+    send_all(protocol::Shutdown{false, message, must_abort, code}, lost_ranks);
+  }
+
+  void start(Running run, int busy_team) {
+    if (busy_team < 0) {
+      for (int t = 0; t < teams; ++t) busy_teams.insert(t);
+    } else {
+      busy_teams.insert(busy_team);
+    }
+    running[run.id] = std::move(run);
+  }
+
+  void dispatch_fp_pass(std::int64_t id) {
+    const auto missing = state.fp_missing_samples();
+    Running run;
+    run.id = id;
+    for (int r = 0; r < s.ranks; ++r) {
+      auto share = partition::even_share(missing, s.ranks, r);
+      if (share.empty()) continue;
+      run.ranks.push_back(r);
+      run.work[r] = protocol::FpPassWork{std::move(share)};
+    }
+    record({{"type", "unit_assigned"}, {"kind", "fp_pass"}, {"attempt", id}, {"ranks", run.ranks},
+            {"samples", missing.size()}});
+    for (int r : run.ranks) send(r, protocol::Assign{id, run.ranks, run.work.at(r)});
+    QF_LOG(Info) << "FP pass over " << missing.size() << " samples on " << run.ranks.size() << " ranks";
+    start(std::move(run), -1);
+  }
+
+  void dispatch_probes(std::int64_t id) {
+    const auto blocks = state.missing_probe_blocks();
+    const auto samples = state.probe_sample_ids();
+    Running run;
+    run.id = id;
+    for (int r = 0; r < s.ranks; ++r) {
+      protocol::ProbeWork w;
+      w.samples = samples;
+      for (std::int64_t b : partition::even_share(std::vector<std::int64_t>(blocks.begin(), blocks.end()), s.ranks, r)) {
+        w.blocks.push_back(static_cast<int>(b));
+        if (b > 0) {
+          for (const auto& f : state.fp_pass_files(static_cast<int>(b))) w.x_fp_files.push_back(f);
+        }
+      }
+      if (w.blocks.empty()) continue;
+      run.ranks.push_back(r);
+      run.inputs.insert(run.inputs.end(), w.x_fp_files.begin(), w.x_fp_files.end());
+      run.work[r] = std::move(w);
+    }
+    record({{"type", "unit_assigned"}, {"kind", "probe"}, {"attempt", id}, {"ranks", run.ranks}, {"blocks", blocks}});
+    for (int r : run.ranks) send(r, protocol::Assign{id, run.ranks, run.work.at(r)});
+    run.probes_pending = std::set<int>(blocks.begin(), blocks.end());
+    QF_LOG(Info) << "MRECG probes of " << blocks.size() << " blocks on " << run.ranks.size() << " ranks ("
+                 << samples.size() << " samples each)";
+    start(std::move(run), -1);
+  }
+
+  void dispatch_unit(std::int64_t id, int u, int team) {
+    const auto [first, count] = state.unit(u);
+    protocol::UnitWork w;
+    w.unit = u;
+    w.first_block = first;
+    w.num_blocks = count;
+    if (const json& ck = state.checkpoint(u); !ck.is_null()) {
+      w.resume_from = ck.at("file").get<std::string>();
+      w.resume_digest = ck.at("digest").get<std::string>();
+    }
+    if (s.needs_data && first > 0) {
+      w.x_fp_files = state.boundary_files(first, "fp");
+      w.x_q_files = state.sequential() ? state.boundary_files(first, "q") : w.x_fp_files;
+    }
+    const bool last = u + 1 == state.units();
+    w.write_next = s.needs_data && state.sequential() && !last;
+    w.last_unit = s.needs_data && state.sequential() && last;
+    Running run;
+    run.id = id;
+    run.ranks = team_ranks(team);
+    for (int r : run.ranks) run.work[r] = w;
+    run.team = team;
+    run.inputs = w.x_fp_files;
+    run.inputs.insert(run.inputs.end(), w.x_q_files.begin(), w.x_q_files.end());
+    record({{"type", "unit_assigned"}, {"unit", u}, {"kind", "unit"}, {"attempt", id}, {"team", team},
+            {"ranks", run.ranks}});
+    for (int r : run.ranks) send(r, protocol::Assign{id, run.ranks, w});
+    QF_LOG(Debug) << unit_label(u) << " -> team " << team;
+    start(std::move(run), team);
   }
 
   void dispatch(const Assignment& a) {
-    const std::int64_t attempt = state.next_attempt();
-    if (a.kind == "fp_pass") {
-      const auto missing = state.fp_missing_samples();
-      Running run;
-      run.task.kind = "fp_pass";
-      run.task.attempt = attempt;
-      for (int r = 0; r < s.ranks; ++r) {
-        if (!partition::even_share(missing, s.ranks, r).empty()) run.task.team_ranks.push_back(r);
-      }
-      record({{"type", "unit_assigned"}, {"unit", -1}, {"kind", "fp_pass"}, {"attempt", attempt},
-              {"ranks", run.task.team_ranks}, {"samples", missing.size()}});
-      for (int r : run.task.team_ranks) {
-        protocol::Task t = run.task;
-        t.samples = partition::even_share(missing, s.ranks, r);
-        control.send(r, protocol::kTagToWorker, protocol::encode(t));
-      }
-      for (int t = 0; t < teams; ++t) busy_teams.insert(t);
-      QF_LOG(Info) << "FP pass over " << missing.size() << " samples on " << run.task.team_ranks.size() << " ranks";
-      running[-1] = std::move(run);
-      return;
+    const std::int64_t id = state.next_attempt();
+    switch (a.kind) {
+      case WorkKind::kFpPass: return dispatch_fp_pass(id);
+      case WorkKind::kProbe: return dispatch_probes(id);
+      case WorkKind::kUnit: return dispatch_unit(id, a.unit, a.team);
     }
-    if (a.kind == "probe") {
-      const auto blocks = state.missing_probe_blocks();
-      Running run;
-      run.task.kind = "probe";
-      run.task.attempt = attempt;
-      run.task.samples = state.probe_sample_ids();
-      std::vector<protocol::Task> tasks;
-      for (int r = 0; r < s.ranks; ++r) {
-        protocol::Task t = run.task;
-        for (std::int64_t b : partition::even_share(std::vector<std::int64_t>(blocks.begin(), blocks.end()), s.ranks, r)) {
-          t.blocks.push_back(static_cast<int>(b));
-        }
-        if (t.blocks.empty()) continue;
-        for (int b : t.blocks) {
-          if (b > 0) {
-            for (const auto& f : state.fp_pass_files(b)) t.x_fp_files.push_back(f);
-          }
-        }
-        run.task.team_ranks.push_back(r);
-        tasks.push_back(std::move(t));
-      }
-      record({{"type", "unit_assigned"}, {"unit", -2}, {"kind", "probe"}, {"attempt", attempt},
-              {"ranks", run.task.team_ranks}, {"blocks", blocks}});
-      for (std::size_t i = 0; i < tasks.size(); ++i) {
-        tasks[i].team_ranks = run.task.team_ranks;
-        control.send(run.task.team_ranks[i], protocol::kTagToWorker, protocol::encode(tasks[i]));
-      }
-      probes_pending = std::set<int>(blocks.begin(), blocks.end());
-      for (int t = 0; t < teams; ++t) busy_teams.insert(t);
-      QF_LOG(Info) << "MRECG probes of " << blocks.size() << " blocks on " << run.task.team_ranks.size() << " ranks ("
-                   << run.task.samples.size() << " samples each)";
-      running[-2] = std::move(run);
-      return;
-    }
-    const int u = a.unit;
-    const auto [first, count] = state.unit(u);
-    protocol::Task t;
-    t.kind = "unit";
-    t.unit = u;
-    t.first_block = first;
-    t.num_blocks = count;
-    t.attempt = attempt;
-    t.team_ranks = team_ranks(a.team);
-    t.input_boundary = first;
-    if (const json& ck = state.checkpoint(u); !ck.is_null()) {
-      t.resume_from = ck.at("file").get<std::string>();
-      t.resume_digest = ck.at("digest").get<std::string>();
-    }
-    if (s.needs_data && first > 0) {
-      t.x_fp_files = state.boundary_files(first, "fp");
-      t.x_q_files = state.sequential() ? state.boundary_files(first, "q") : t.x_fp_files;
-    }
-    const bool last = u + 1 == state.units();
-    t.write_next = s.needs_data && state.sequential() && !last;
-    t.last_unit = s.needs_data && state.sequential() && last;
-    record({{"type", "unit_assigned"}, {"unit", u}, {"kind", "unit"}, {"attempt", attempt}, {"team", a.team},
-            {"ranks", t.team_ranks}});
-    for (int r : t.team_ranks) control.send(r, protocol::kTagToWorker, protocol::encode(t));
-    busy_teams.insert(a.team);
-    QF_LOG(Debug) << unit_label(u) << " -> team " << a.team;
-    running[u] = Running{t, a.team, {}};
   }
 
-  void on_done(const protocol::Done& d) {
-    const int u = d.task.kind == "fp_pass" ? -1 : d.task.kind == "probe" ? -2 : d.task.unit;
-    auto it = running.find(u);
-    if (it == running.end() || it->second.task.attempt != d.task.attempt) {
-      QF_LOG(Warn) << "ignoring a stale DONE from rank " << d.rank << " for " << unit_label(u);
-      return;
+  void finish(std::map<std::int64_t, Running>::iterator it) {
+    if (it->second.team < 0) {
+      busy_teams.clear();
+    } else {
+      busy_teams.erase(it->second.team);
     }
-    Running& run = it->second;
-    run.dones[d.rank] = d;
-    if (u == -1) {
-      // The FP pass is durable per rank: each slice is journaled as soon as it is cached.
-      json files = json::array();
-      for (const auto& f : d.files) files.push_back({{"boundary", boundary_of(f)}, {"file", f}});
-      record({{"type", "fp_slice_done"}, {"attempt", d.task.attempt}, {"rank", d.rank}, {"samples", d.task.samples},
-              {"files", files}, {"peak_rss", d.peak_rss}, {"baseline_rss", d.baseline_rss}, {"seconds", d.seconds},
-              {"cache_bytes_written", d.cache_bytes_written}});
-      if (run.dones.size() == run.task.team_ranks.size()) {
-        QF_LOG(Info) << "FP pass done";
-        running.erase(it);
-        busy_teams.clear();
-      }
-      return;
+    running.erase(it);
+  }
+
+  // The FP pass is durable per rank: each slice is journaled as soon as it is cached.
+  void on_fp_slice(std::map<std::int64_t, Running>::iterator it, const protocol::Done& d) {
+    const auto& work = std::get<protocol::FpPassWork>(it->second.work.at(d.rank));
+    json files = json::array();
+    for (const auto& f : d.cache_files) files.push_back({{"boundary", boundary_of(f)}, {"file", f}});
+    record({{"type", "fp_slice_done"}, {"attempt", d.assignment}, {"rank", d.rank}, {"samples", work.samples},
+            {"files", files}, {"peak_rss", d.peak_rss}, {"baseline_rss", d.baseline_rss}, {"seconds", d.seconds},
+            {"cache_bytes_written", d.cache_bytes_written}});
+    if (it->second.dones.size() == it->second.ranks.size()) {
+      QF_LOG(Info) << "FP pass done";
+      finish(it);
     }
-    if (u == -2) {
-      // Probes are durable one block at a time.
-      const int b = d.task.unit;
-      if (!probes_pending.erase(b)) return;
-      json rec = d.report;
-      rec["type"] = "probe_done";
-      rec["attempt"] = d.task.attempt;
-      rec["rank"] = d.rank;
-      rec["samples"] = d.samples;
-      rec["seconds"] = d.seconds;
-      rec["peak_rss"] = d.peak_rss;
-      rec["baseline_rss"] = d.baseline_rss;
-      rec["cache_bytes_read"] = d.cache_bytes_read;
-      record(rec);
-      QF_LOG(Info) << "probe of block " << b << ": normalised loss " << rec["capacity_loss"].get<double>();
-      if (probes_pending.empty()) {
-        running.erase(it);
-        busy_teams.clear();
-        if (!s.keep_cache) collect_garbage();
-      }
-      return;
+  }
+  // Probes are durable one block at a time.
+  void on_probe(std::map<std::int64_t, Running>::iterator it, const protocol::Done& d) {
+    QF_CHECK(d.probed_block.has_value(), "rank " + std::to_string(d.rank) + " answered a probe without its block");
+    const int b = *d.probed_block;
+    if (!it->second.probes_pending.erase(b)) return;
+    json rec = d.report;
+    rec["type"] = "probe_done";
+    rec["block"] = b;
+    rec["attempt"] = d.assignment;
+    rec["rank"] = d.rank;
+    rec["samples"] = d.samples;
+    rec["seconds"] = d.seconds;
+    rec["peak_rss"] = d.peak_rss;
+    rec["baseline_rss"] = d.baseline_rss;
+    rec["cache_bytes_read"] = d.cache_bytes_read;
+    record(rec);
+    QF_LOG(Info) << "probe of block " << b << ": normalised loss " << rec["capacity_loss"].get<double>();
+    if (it->second.probes_pending.empty()) {
+      finish(it);
+      if (!s.keep_cache) collect_garbage();
     }
-    if (run.dones.size() < run.task.team_ranks.size()) return;
-    const protocol::Done& lead = run.dones.at(run.task.team_ranks.front());
-    if (lead.stopped) {
-      QF_CHECK(!lead.shard.empty() && !lead.digest.empty(), "team leader sent no checkpoint for " + unit_label(u));
-      record({{"type", "unit_checkpoint"}, {"unit", u}, {"attempt", d.task.attempt}, {"file", lead.shard},
-              {"digest", lead.digest}, {"epoch", lead.report.at("epoch")}, {"step", lead.report.at("step")}});
-      QF_LOG(Info) << unit_label(u) << " checkpointed at epoch " << lead.report.at("epoch").get<int>() + 1 << " step "
-                   << lead.report.at("step").get<std::int64_t>() << " (" << lead.shard << ")";
-      busy_teams.erase(run.team);
-      running.erase(it);
-      return;
-    }
-    QF_CHECK(!lead.shard.empty() && !lead.digest.empty(), "team leader sent no result shard for " + unit_label(u));
+  }
+
+  // The team leader's checkpoint of a unit stopped by a stop signal.
+  void on_unit_stopped(std::map<std::int64_t, Running>::iterator it, const protocol::Done& lead) {
+    const int u = std::get<protocol::UnitWork>(it->second.work.at(lead.rank)).unit;
+    QF_CHECK(lead.checkpoint.has_value(), "team leader sent no checkpoint for " + unit_label(u));
+    record({{"type", "unit_checkpoint"}, {"unit", u}, {"attempt", lead.assignment}, {"file", lead.checkpoint->name},
+            {"digest", lead.checkpoint->sha256}, {"epoch", lead.report.at("epoch")}, {"step", lead.report.at("step")}});
+    QF_LOG(Info) << unit_label(u) << " checkpointed at epoch " << lead.report.at("epoch").get<int>() + 1 << " step "
+                 << lead.report.at("step").get<std::int64_t>() << " (" << lead.checkpoint->name << ")";
+    finish(it);
+  }
+
+  // A unit is journaled done once every member's DONE is in (each wrote its cache slice, the leader the shard).
+  void on_unit_done(std::map<std::int64_t, Running>::iterator it) {
+    const Running& run = it->second;
+    const protocol::Done& lead = run.dones.at(run.ranks.front());
+    const int u = std::get<protocol::UnitWork>(run.work.at(lead.rank)).unit;
+    if (lead.stopped) return on_unit_stopped(it, lead);
+    QF_CHECK(lead.shard.has_value(), "team leader sent no result shard for " + unit_label(u));
     json ranks = json::array();
     double secs = 0;
-    for (int r : run.task.team_ranks) {
+    for (int r : run.ranks) {
       const auto& x = run.dones.at(r);
-      ranks.push_back({{"rank", r}, {"samples", x.samples}, {"files", x.files}, {"peak_rss", x.peak_rss},
+      ranks.push_back({{"rank", r}, {"samples", x.samples}, {"files", x.cache_files}, {"peak_rss", x.peak_rss},
                        {"baseline_rss", x.baseline_rss}, {"seconds", x.seconds},
                        {"cache_bytes_written", x.cache_bytes_written}, {"cache_bytes_read", x.cache_bytes_read}});
       secs = std::max(secs, x.seconds);
     }
     fault_point("before_journal");
-    record({{"type", "unit_done"}, {"unit", u}, {"attempt", d.task.attempt}, {"team", run.team}, {"shard", lead.shard},
-            {"digest", lead.digest}, {"report", lead.report}, {"ranks", ranks}, {"seconds", secs}});
+    record({{"type", "unit_done"}, {"unit", u}, {"attempt", lead.assignment}, {"team", run.team},
+            {"shard", lead.shard->name}, {"digest", lead.shard->sha256}, {"report", lead.report}, {"ranks", ranks},
+            {"seconds", secs}});
     fault_point("after_journal");
     std::string losses;
     if (lead.report.contains("final_loss")) {
       losses = ": unit-output MSE " + lead.report["initial_loss"].dump() + " -> " + lead.report["final_loss"].dump();
     }
     QF_LOG(Info) << unit_label(u) << " done on team " << run.team << " in " << format_duration(secs) << losses;
+    finish(it);
     remove_dead_checkpoints(u);
-    busy_teams.erase(run.team);
-    running.erase(it);
     meter.update(state.done_count());
     if (!s.keep_cache) collect_garbage();
+  }
+
+  void on_done(const protocol::Done& d) {
+    auto it = running.find(d.assignment);
+    if (it == running.end() || !it->second.work.count(d.rank)) {
+      QF_LOG(Warn) << "ignoring a DONE from rank " << d.rank << " for assignment " << d.assignment << ", not in flight";
+      return;
+    }
+    const protocol::Work& work = it->second.work.at(d.rank);
+    if (std::holds_alternative<protocol::ProbeWork>(work)) return on_probe(it, d);
+    it->second.dones[d.rank] = d;
+    if (std::holds_alternative<protocol::FpPassWork>(work)) return on_fp_slice(it, d);
+    if (it->second.dones.size() == it->second.ranks.size()) on_unit_done(it);
   }
 
   // Removes cache files no record needs any more, and temporaries of crashed writers (nothing is
@@ -289,12 +332,9 @@ struct Coordinator::Impl {
     const fs::path dir = s.job.cache_dir();
     if (!fs::exists(dir)) return;
     std::set<std::string> keep = state.live_cache_files();
-    for (const auto& [u, run] : running) {
-      keep.insert(run.task.x_fp_files.begin(), run.task.x_fp_files.end());
-      keep.insert(run.task.x_q_files.begin(), run.task.x_q_files.end());
-    }
-    std::int64_t oldest_running = state.next_attempt();
-    for (const auto& [u, run] : running) oldest_running = std::min(oldest_running, run.task.attempt);
+    for (const auto& [id, run] : running) keep.insert(run.inputs.begin(), run.inputs.end());
+    // Assignment ids grow: the smallest in flight bounds the files still being written.
+    const std::int64_t oldest_running = running.empty() ? state.next_attempt() : running.begin()->first;
     // Only files named like ours (and their temporaries) are ever removed.
     for (const auto& e : fs::directory_iterator(dir)) {
       const std::string name = e.path().filename().string();
@@ -328,9 +368,9 @@ struct Coordinator::Impl {
     const std::string name = sig == SIGUSR1 ? "SIGUSR1" : sig == SIGTERM ? "SIGTERM" : "signal " + std::to_string(sig);
     record({{"type", "stop_requested"}, {"signal", name}});
     QF_LOG(Warn) << name << " received: checkpointing " << running.size() << " assignment(s) in flight, then stopping";
-    for (const auto& [u, run] : running) {
-      if (u < 0) continue;
-      for (int r : run.task.team_ranks) control.send(r, protocol::kTagToWorker, protocol::encode(protocol::Checkpoint{u, run.task.attempt}));
+    for (const auto& [id, run] : running) {
+      if (run.team < 0) continue;  // the FP pass and probes finish their pieces
+      for (int r : run.ranks) send(r, protocol::Checkpoint{id});
     }
   }
 
@@ -355,26 +395,47 @@ struct Coordinator::Impl {
     if (!s.keep_cache) collect_garbage();
   }
 
+  void on_failed(const protocol::Failed& f) {
+    const auto it = running.find(f.assignment);
+    if (it == running.end() || !it->second.work.count(f.rank)) {
+      QF_LOG(Warn) << "ignoring a FAILED from rank " << f.rank << " for assignment " << f.assignment << ", not in flight";
+      return;
+    }
+    const protocol::Work& work = it->second.work.at(f.rank);
+    const std::string msg = label(work) + " failed on rank " + std::to_string(f.rank) + ": " + f.reason;
+    json rec = {{"type", "unit_failed"}, {"kind", protocol::kind_name(work)}, {"attempt", f.assignment},
+                {"rank", f.rank}, {"message", msg}};
+    if (const auto* u = std::get_if<protocol::UnitWork>(&work)) rec["unit"] = u->unit;
+    record(rec);
+    // With peers, some may be inside a collective with the failed rank that can never complete, and
+    // MPI_Finalize would wait on it: the job is ended by MPI_Abort after this record, like a lost rank.
+    fail(kExitInternal, msg, s.ranks > 1);
+  }
+
   void handle(int from, const std::string& bytes) {
     last_heard[from] = Clock::now();
     const protocol::Message m = protocol::decode(bytes, from);
-    if (m.type == "heartbeat") {
-      phase[from] = protocol::heartbeat_from(m).phase;
-    } else if (m.type == "hello") {
-      hellos[from] = protocol::hello_from(m);
-    } else if (m.type == "done") {
-      on_done(protocol::done_from(m));
-    } else if (m.type == "failed") {
-      const protocol::Failed f = protocol::failed_from(m);
-      const int u = f.task.kind == "fp_pass" ? -1 : f.task.kind == "probe" ? -2 : f.task.unit;
-      const std::string msg = unit_label(u) + " failed on rank " + std::to_string(f.rank) + ": " + f.reason;
-      record({{"type", "unit_failed"}, {"unit", u}, {"attempt", f.task.attempt}, {"rank", f.rank}, {"message", msg}});
-      // With peers, some may be inside a collective with the failed rank that can never complete, and
-      // MPI_Finalize would wait on it: the job is ended by MPI_Abort after this record, like a lost rank.
-      fail(kExitInternal, msg, s.ranks > 1);
+    if (const auto* hb = std::get_if<protocol::Heartbeat>(&m)) {
+      heartbeats[from] = *hb;
+    } else if (const auto* hello = std::get_if<protocol::Hello>(&m)) {
+      hellos[from] = *hello;
+    } else if (const auto* done = std::get_if<protocol::Done>(&m)) {
+      on_done(*done);
+    } else if (const auto* failed_msg = std::get_if<protocol::Failed>(&m)) {
+      on_failed(*failed_msg);
     } else {
-      QF_LOG(Warn) << "unexpected " << m.type << " message from rank " << from;
+      QF_LOG(Warn) << "unexpected " << protocol::type_name(m) << " message from rank " << from;
     }
+  }
+
+  // What a silent rank was doing, for the message that reports it lost.
+  std::string doing(int rank) const {
+    const Running* run = assignment_of(rank);
+    if (!run) return "while idle";
+    std::string out = "while running " + label(run->work.at(rank));
+    const auto hb = heartbeats.find(rank);
+    if (hb != heartbeats.end() && hb->second.assignment == run->id) out += " (last phase: " + hb->second.phase + ")";
+    return out;
   }
 
   void check_stalls() {
@@ -382,17 +443,63 @@ struct Coordinator::Impl {
     for (int r = 0; r < s.ranks; ++r) {
       const double silent = std::chrono::duration<double>(now - last_heard[r]).count();
       if (silent <= s.heartbeat_timeout_s) continue;
-      const int u = unit_of(r);
-      const std::string doing = u == -2 ? "while idle" : "while running " + unit_label(u);
+      const Running* run = assignment_of(r);
       const std::string host = hellos.count(r) ? " on " + hellos[r].host : "";
       const std::string msg = "worker rank " + std::to_string(r) + host + " stopped responding: no heartbeat for " +
-                              std::to_string(static_cast<int>(silent)) + " s " + doing + " (timeout " +
-                              std::to_string(static_cast<int>(s.heartbeat_timeout_s)) + " s, --heartbeat-timeout)";
-      record({{"type", "worker_lost"}, {"rank", r}, {"unit", u == -2 ? json() : json(u)}, {"silent_s", silent},
-              {"message", msg}});
+                              seconds_text(silent) + " " + doing(r) + " (timeout " + seconds_text(s.heartbeat_timeout_s) +
+                              ", --heartbeat-timeout)";
+      json rec = {{"type", "worker_lost"}, {"rank", r}, {"unit", nullptr}, {"silent_s", silent}, {"message", msg}};
+      if (run) {
+        rec["attempt"] = run->id;
+        rec["kind"] = protocol::kind_name(run->work.at(r));
+        if (const auto* u = std::get_if<protocol::UnitWork>(&run->work.at(r))) rec["unit"] = u->unit;
+      }
+      record(rec);
       fail(kExitWorkerLost, msg + "; finished units are journaled, rerun the same command to resume", true, {r});
       return;
     }
+  }
+
+  // At start nothing is being written: temporaries of a crashed run and dead cache files and
+  // checkpoints go; half-written result shards (the rename never happened) too.
+  void clean_up_at_start() {
+    if (!s.keep_cache) collect_garbage(true);
+    if (!fs::exists(s.job.units_dir())) return;
+    for (const auto& e : fs::directory_iterator(s.job.units_dir())) {
+      const auto shard = storage::JobLayout::parse_unit_shard(e.path().filename().string());
+      if (shard && shard->temporary) fs::remove(e.path());
+    }
+    remove_dead_checkpoints();
+  }
+
+  CoordinatorOutcome stop_now() {
+    const std::string msg = "stopped by a signal with " + std::to_string(state.done_count()) + "/" +
+                            std::to_string(state.units()) + " units done; units in flight are checkpointed, "
+                            "rerun the same command (or let Slurm requeue) to resume";
+    record({{"type", "job_stopped"}, {"message", msg}});
+    QF_LOG(Warn) << msg;
+    outcome = {kExitStopped, false, msg};
+    send_all(protocol::Shutdown{false, msg, false, kExitStopped});
+    return outcome;
+  }
+
+  // One scheduler turn (once every rank said HELLO): the policy's assignments for the idle teams.
+  bool schedule_turn() {
+    std::vector<int> idle;
+    for (int t = 0; t < teams; ++t) {
+      if (!busy_teams.count(t)) idle.push_back(t);
+    }
+    std::set<int> running_units;
+    bool phase_running = false;
+    for (const auto& [id, run] : running) {
+      const auto* u = std::get_if<protocol::UnitWork>(&run.work.begin()->second);
+      if (u) running_units.insert(u->unit);
+      phase_running = phase_running || !u;
+    }
+    if (state.needs_selection()) select_units();
+    const auto assignments = schedule(state, running_units, phase_running, idle, teams);
+    for (const auto& a : assignments) dispatch(a);
+    return !assignments.empty();
   }
 
   CoordinatorOutcome run() {
@@ -404,18 +511,10 @@ struct Coordinator::Impl {
     }
     const auto t0 = Clock::now();
     for (int r = 0; r < s.ranks; ++r) last_heard[r] = t0;
-    if (!s.keep_cache) collect_garbage(true);
-    if (fs::exists(s.job.units_dir())) {
-      // Half-written result shards of a crashed run (the rename never happened) are dropped.
-      for (const auto& e : fs::directory_iterator(s.job.units_dir())) {
-        const auto shard = storage::JobLayout::parse_unit_shard(e.path().filename().string());
-        if (shard && shard->temporary) fs::remove(e.path());
-      }
-      remove_dead_checkpoints();
-    }
+    clean_up_at_start();
     while (!failed) {
       bool busy = false;
-      while (auto m = control.try_recv(MPI_ANY_SOURCE, protocol::kTagToCoordinator)) {
+      while (auto m = control.try_recv(Transport::kAnySource, protocol::kTagToCoordinator)) {
         handle(m->first, m->second);
         busy = true;
         if (failed) break;
@@ -424,32 +523,11 @@ struct Coordinator::Impl {
       check_stalls();
       if (failed) break;
       if (state.all_units_done() && running.empty()) break;
-      if (!stopping && !state.all_units_done() && stop_signal() != 0) begin_stop(stop_signal());
-      if (stopping && running.empty()) {
-        const std::string msg = "stopped by a signal with " + std::to_string(state.done_count()) + "/" +
-                                std::to_string(state.units()) + " units done; units in flight are checkpointed, "
-                                "rerun the same command (or let Slurm requeue) to resume";
-        record({{"type", "job_stopped"}, {"message", msg}});
-        QF_LOG(Warn) << msg;
-        outcome = {kExitStopped, false, msg};
-        send_all(protocol::encode(protocol::Shutdown{false, msg, false, kExitStopped}));
-        return outcome;
+      if (!stopping && !state.all_units_done()) {
+        if (const int sig = s.stop_signal ? s.stop_signal() : 0) begin_stop(sig);
       }
-      if (!stopping && static_cast<int>(hellos.size()) == s.ranks) {
-        std::vector<int> idle;
-        for (int t = 0; t < teams; ++t) {
-          if (!busy_teams.count(t)) idle.push_back(t);
-        }
-        std::set<int> running_units;
-        for (const auto& [u, run] : running) {
-          if (u >= 0) running_units.insert(u);
-        }
-        if (state.needs_selection()) select_units();
-        for (const auto& a : schedule(state, running_units, running.count(-1) + running.count(-2) > 0, idle, teams)) {
-          dispatch(a);
-          busy = true;
-        }
-      }
+      if (stopping && running.empty()) return stop_now();
+      if (!stopping && static_cast<int>(hellos.size()) == s.ranks) busy = schedule_turn() || busy;
       if (!busy) std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
     if (failed) return outcome;
@@ -462,12 +540,12 @@ struct Coordinator::Impl {
     assemble(state);
     record({{"type", "job_complete"}});
     if (!s.keep_cache) collect_garbage();
-    send_all(protocol::encode(protocol::Shutdown{true, "done", false}));
+    send_all(protocol::Shutdown{true, "done", false});
     return outcome;
   }
 };
 
-Coordinator::Coordinator(CoordinatorSettings settings, const MpiComm& control, storage::Journal& journal, JobState state,
+Coordinator::Coordinator(CoordinatorSettings settings, const Transport& control, storage::Journal& journal, JobState state,
                          Assemble assemble)
     : impl_(std::make_unique<Impl>(std::move(settings), control, journal, std::move(state), std::move(assemble))) {}
 
@@ -483,7 +561,7 @@ CoordinatorOutcome Coordinator::run() {
       impl_->record({{"type", "job_failed"}, {"message", msg}});
     } catch (const std::exception&) {
     }
-    impl_->send_all(protocol::encode(protocol::Shutdown{false, msg, true}));
+    impl_->send_all(protocol::Shutdown{false, msg, true});
     throw;
   }
 }

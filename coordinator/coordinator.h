@@ -21,7 +21,8 @@
 #include <utility>
 #include <vector>
 
-#include "common/mpi_comm.h"
+#include "common/signals.h"
+#include "common/transport.h"
 #include "coordinator/job_state.h"
 #include "storage/job_layout.h"
 #include "storage/journal.h"
@@ -35,6 +36,8 @@ struct CoordinatorSettings {
   bool needs_data = true;
   double heartbeat_timeout_s = 60;
   bool keep_cache = false;    // keep dead cache files (debugging, benchmarks)
+  // Asked every loop turn: a stop signal to act on (checkpoint, then stop resumably), or 0.
+  std::function<int()> stop_signal = qforge::stop_signal;
 };
 
 struct CoordinatorOutcome {
@@ -47,7 +50,8 @@ class Coordinator {
  public:
   using Assemble = std::function<void(const JobState&)>;
   // `state` is the journal replayed; `journal` is open for appending. `assemble` writes the output.
-  Coordinator(CoordinatorSettings settings, const MpiComm& control, storage::Journal& journal, JobState state,
+  // `control` is rank 0's endpoint of the job's control transport.
+  Coordinator(CoordinatorSettings settings, const Transport& control, storage::Journal& journal, JobState state,
               Assemble assemble);
   ~Coordinator();
   CoordinatorOutcome run();

@@ -9,33 +9,94 @@ namespace qforge::coordinator {
 
 using nlohmann::json;
 
+json JointSpec::identity() const {
+  if (!enabled) return nullptr;
+  return {{"topk", topk}, {"max_blocks", max_blocks}, {"capacity", data_dependent ? "probe" : "data-free"},
+          {"probe_epochs", data_dependent ? probe_epochs : 0}, {"probe_samples", data_dependent ? probe_samples : 0}};
+}
+
+JointSpec JointSpec::from_identity(const json& j) {
+  JointSpec s;
+  if (j.is_null()) return s;
+  s.enabled = true;
+  s.topk = j.at("topk").get<int>();
+  s.max_blocks = j.at("max_blocks").get<int>();
+  s.data_dependent = j.at("capacity").get<std::string>() == "probe";
+  s.probe_epochs = j.at("probe_epochs").get<int>();
+  s.probe_samples = j.at("probe_samples").get<std::int64_t>();
+  return s;
+}
+
 JobState::JobState(int blocks, bool sequential, std::int64_t samples, JointSpec joint)
     : blocks_(blocks), sequential_(sequential), samples_(samples), joint_(std::move(joint)) {
   QF_CHECK(!joint_.enabled || joint_.topk > 0, "joint reconstruction needs topk > 0");
-  QF_CHECK(joint_.data_dependent || !joint_.enabled || static_cast<int>(joint_.data_free_capacity.size()) == blocks,
-           "data-free capacities need one value per block");
   if (joint_.enabled) {
     units_ready_ = false;
   } else {
     for (int b = 0; b < blocks; ++b) units_.emplace_back(b, 1);
   }
+  progress_.resize(units_.size());
+}
+
+JobState JobState::from_plan(const partition::Plan& plan, JointSpec joint) {
+  int blocks = 0;
+  for (const auto& u : plan.units) {
+    QF_CHECK(u.first_block == blocks && u.num_blocks >= 1, "plan.json: units do not tile the blocks in order");
+    blocks += u.num_blocks;
+  }
+  JobState st(blocks, plan.options.mode == partition::EngineMode::kSequential, plan.options.nsamples, std::move(joint));
+  if (!st.joint_.enabled) {
+    st.units_.clear();
+    for (const auto& u : plan.units) st.units_.emplace_back(u.first_block, u.num_blocks);
+  }
+  return st;
+}
+
+void JobState::apply_unit_record(const std::string& type, const json& r) {
+  const int u = r.at("unit").get<int>();
+  QF_CHECK(units_ready_ && u >= 0 && u < units(), "journal names unit " + std::to_string(u) + " outside the plan");
+  UnitProgress& p = progress_[static_cast<std::size_t>(u)];
+  if (type == "unit_assigned") {
+    ++p.attempts;
+    p.assigned_in_start = starts_;
+    p.ranks = r.value("ranks", json::array());
+  } else if (type == "unit_done") {
+    done_[u] = r;
+    ++done_counts_[u];
+    checkpoints_.erase(u);
+  } else if (!done_.count(u)) {  // unit_checkpoint
+    checkpoints_[u] = r;
+  }
+}
+
+void JobState::apply_selection(const json& r) {
+  units_.clear();
+  int next = 0;
+  for (const auto& u : r.at("units")) {
+    const int first = u.at(0).get<int>(), n = u.at(1).get<int>();
+    QF_CHECK(first == next && n >= 1, "journal's joint_selection units do not tile the blocks in order");
+    units_.emplace_back(first, n);
+    next = first + n;
+  }
+  QF_CHECK(next == blocks_, "journal's joint_selection units do not cover every block");
+  selection_ = r;
+  units_ready_ = true;
+  progress_.assign(units_.size(), UnitProgress{});
 }
 
 void JobState::apply(const json& r) {
   const std::string type = r.at("type").get<std::string>();
   if (r.contains("attempt")) max_attempt_ = std::max(max_attempt_, r["attempt"].get<std::int64_t>());
+  if (r.contains("t")) {
+    if (first_t_ == 0) first_t_ = r["t"].get<double>();
+    last_t_ = r["t"].get<double>();
+  }
   if (type == "job_start") {
     ++starts_;
-  } else if (type == "unit_done") {
-    const int u = r.at("unit").get<int>();
-    QF_CHECK(units_ready_ && u >= 0 && u < units(), "journal names unit " + std::to_string(u) + " outside the plan");
-    done_[u] = r;
-    ++done_counts_[u];
-    checkpoints_.erase(u);
-  } else if (type == "unit_checkpoint") {
-    const int u = r.at("unit").get<int>();
-    QF_CHECK(units_ready_ && u >= 0 && u < units(), "journal names unit " + std::to_string(u) + " outside the plan");
-    if (!done_.count(u)) checkpoints_[u] = r;
+    last_start_ = r;
+    stopped_message_.clear();
+  } else if (type == "unit_done" || type == "unit_checkpoint" || (type == "unit_assigned" && r.value("kind", "") == "unit")) {
+    apply_unit_record(type, r);
   } else if (type == "fp_slice_done") {
     for (auto id : r.at("samples")) {
       const std::int64_t v = id.get<std::int64_t>();
@@ -43,24 +104,17 @@ void JobState::apply(const json& r) {
       fp_covered_.insert(v);
     }
     for (const auto& f : r.at("files")) fp_files_[f.at("boundary").get<int>()].push_back(f.at("file").get<std::string>());
+    fp_slices_.push_back(r);
   } else if (type == "probe_done") {
     const int b = r.at("block").get<int>();
     QF_CHECK(b >= 0 && b < blocks_, "journal names probed block " + std::to_string(b) + " outside the model");
     probes_[b] = r;
   } else if (type == "joint_selection") {
-    units_.clear();
-    int next = 0;
-    for (const auto& u : r.at("units")) {
-      const int first = u.at(0).get<int>(), n = u.at(1).get<int>();
-      QF_CHECK(first == next && n >= 1, "journal's joint_selection units do not tile the blocks in order");
-      units_.emplace_back(first, n);
-      next = first + n;
-    }
-    QF_CHECK(next == blocks_, "journal's joint_selection units do not cover every block");
-    selection_ = r;
-    units_ready_ = true;
+    apply_selection(r);
   } else if (type == "unit_failed" || type == "worker_lost" || type == "job_failed") {
     last_error_ = r.value("message", type);
+  } else if (type == "job_stopped") {
+    stopped_message_ = r.value("message", type);
   } else if (type == "job_complete") {
     // Only a journal whose every unit is done is complete: a job_complete record before that (a forged or
     // corrupted journal) does not end the job, which then runs its remaining units.
@@ -70,7 +124,7 @@ void JobState::apply(const json& r) {
                     std::to_string(units()) + " units done; ignored";
     }
   }
-  // unit_assigned and unknown future types change nothing durable.
+  // stop_requested and unknown future types change nothing durable.
 }
 
 const json& JobState::checkpoint(int u) const {
@@ -95,6 +149,8 @@ std::vector<int> JobState::missing_probe_blocks() const {
 }
 
 std::vector<double> JobState::selection_values() const {
+  QF_CHECK(joint_.data_dependent || static_cast<int>(joint_.data_free_capacity.size()) == blocks_,
+           "data-free capacities need one value per block");
   std::vector<double> v;
   for (int b = 0; b < blocks_; ++b) {
     if (joint_.data_dependent) {
@@ -183,11 +239,11 @@ std::vector<Assignment> schedule(const JobState& state, const std::set<int>& run
   if (state.all_units_done() || idle_teams.empty()) return out;
   const bool all_idle = !phase_running && running_units.empty() && static_cast<int>(idle_teams.size()) == teams;
   if (!state.fp_pass_complete()) {
-    if (all_idle) out.push_back({"fp_pass", -1, -1});
+    if (all_idle) out.push_back({WorkKind::kFpPass, -1, -1});
     return out;
   }
   if (state.probes_pending()) {
-    if (all_idle) out.push_back({"probe", -1, -1});
+    if (all_idle) out.push_back({WorkKind::kProbe, -1, -1});
     return out;
   }
   if (!state.units_ready()) return out;  // the coordinator selects the joint units first
@@ -196,7 +252,7 @@ std::vector<Assignment> schedule(const JobState& state, const std::set<int>& run
     for (int u = 0; u < state.units(); ++u) {
       if (state.unit_done(u)) continue;
       if (u == 0 || state.unit_done(u - 1)) {
-        if (std::find(idle_teams.begin(), idle_teams.end(), 0) != idle_teams.end()) out.push_back({"unit", u, 0});
+        if (std::find(idle_teams.begin(), idle_teams.end(), 0) != idle_teams.end()) out.push_back({WorkKind::kUnit, u, 0});
       }
       break;
     }
@@ -205,7 +261,7 @@ std::vector<Assignment> schedule(const JobState& state, const std::set<int>& run
   std::size_t next_team = 0;
   for (int u = 0; u < state.units() && next_team < idle_teams.size(); ++u) {
     if (state.unit_done(u) || running_units.count(u)) continue;
-    out.push_back({"unit", u, idle_teams[next_team++]});
+    out.push_back({WorkKind::kUnit, u, idle_teams[next_team++]});
   }
   return out;
 }

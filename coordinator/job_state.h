@@ -1,13 +1,15 @@
-// Job state as a pure function of the journal, and the scheduling policy over it.
+// Job state as a pure function of the plan and the journal, and the scheduling policy over it.
 //
-// Every record the coordinator journals is applied here, on replay at start and live during the run,
-// through the same apply(), so a resumed coordinator knows exactly what the crashed one knew durably.
+// The only interpreter of journal records: every record the coordinator journals is applied here, on
+// replay at start and live during the run, through the same apply(), so a resumed coordinator knows
+// exactly what the crashed one knew durably; `qforge status` is a projection of the same state.
 // Records (storage/FORMAT.md, "Journal"): job_start, unit_assigned, fp_slice_done, probe_done,
 // joint_selection, unit_checkpoint, unit_done, unit_failed, worker_lost, stop_requested, job_stopped,
 // job_complete.
 //
-// Units: without MRECG they are the blocks, known from the start. With MRECG (JointSpec) they are
-// what the journaled joint_selection record says, and until it exists there are none to run: first
+// Units: without MRECG they are the plan's (plan.json: one per block), known from the start. With MRECG
+// (JointSpec) they are what the journaled joint_selection record says, an amendment to the plan, and
+// until it exists there are none to run: first
 // the FP pass caches the probe samples' FP stream at every block boundary, then every block is
 // probed (probe_done, one record per block), then the coordinator selects the joint units.
 #pragma once
@@ -19,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "partition/plan.h"
+
 namespace qforge::coordinator {
 
 // MRECG joint reconstruction (algorithms.md §4.6), as fixed in the job spec.
@@ -28,7 +32,20 @@ struct JointSpec {
   int max_blocks = 3;                   // size cap of a joint unit
   bool data_dependent = true;           // capacities from probes; else `data_free_capacity`
   std::int64_t probe_samples = 0;       // the first N calibration samples feed the probes
-  std::vector<double> data_free_capacity;  // per block: parameters x bits (data-free ModCap)
+  int probe_epochs = 0;                 // probe training epochs (0: initialisation + forward only)
+  std::vector<double> data_free_capacity;  // per block: parameters x bits (data-free ModCap; the coordinator's)
+
+  // The job spec's "joint" identity (job.json): null when disabled. from_identity reads it back
+  // (without data_free_capacity, which only the coordinator needs).
+  nlohmann::json identity() const;
+  static JointSpec from_identity(const nlohmann::json& j);
+};
+
+// What the journal says happened to one unit beyond done/not done (for `qforge status`).
+struct UnitProgress {
+  int attempts = 0;          // unit_assigned records
+  int assigned_in_start = 0; // the start (1-based) of the latest assignment; 0: never assigned
+  nlohmann::json ranks = nlohmann::json::array();  // of the latest assignment
 };
 
 class JobState {
@@ -36,6 +53,8 @@ class JobState {
   // `sequential`: units chain through the quantized stream; otherwise (independent) an FP pass over
   // all samples first caches the FP stream at every block boundary.
   JobState(int blocks, bool sequential, std::int64_t samples, JointSpec joint = {});
+  // The plan's units, mode and samples (plan.json: the input of execution).
+  static JobState from_plan(const partition::Plan& plan, JointSpec joint = {});
 
   void apply(const nlohmann::json& record);
 
@@ -76,6 +95,14 @@ class JobState {
   std::set<std::string> live_checkpoint_files() const;
   // How often each unit was journaled done (a correct run never exceeds 1).
   const std::map<int, int>& done_counts() const { return done_counts_; }
+  const UnitProgress& progress(int u) const { return progress_.at(static_cast<std::size_t>(u)); }
+  // The latest job_start record, the job_stopped message since it (empty: none), the fp_slice_done
+  // records, and the journal's time span ("t" of its first and last records).
+  const nlohmann::json& last_start() const { return last_start_; }
+  const std::string& stopped_message() const { return stopped_message_; }
+  const std::vector<nlohmann::json>& fp_slices() const { return fp_slices_; }
+  double first_time() const { return first_t_; }
+  double last_time() const { return last_t_; }
 
   // Samples the FP pass must still cache at every block boundary: all of them in independent mode,
   // the probe samples while MRECG probes are pending, none otherwise.
@@ -93,6 +120,8 @@ class JobState {
 
  private:
   std::int64_t fp_needed() const;
+  void apply_unit_record(const std::string& type, const nlohmann::json& r);
+  void apply_selection(const nlohmann::json& r);
 
   int blocks_;
   bool sequential_;
@@ -111,11 +140,17 @@ class JobState {
   int starts_ = 0;
   bool complete_ = false;
   std::string last_error_;
+  std::vector<UnitProgress> progress_;
+  nlohmann::json last_start_;
+  std::string stopped_message_;
+  std::vector<nlohmann::json> fp_slices_;
+  double first_t_ = 0, last_t_ = 0;
 };
 
 // What the scheduler may hand out: a task kind for a team (or, for the FP pass, every rank).
+enum class WorkKind { kFpPass, kProbe, kUnit };
 struct Assignment {
-  std::string kind;  // "unit" | "fp_pass" | "probe"
+  WorkKind kind = WorkKind::kUnit;
   int unit = -1;
   int team = 0;
 };

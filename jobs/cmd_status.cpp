@@ -1,5 +1,5 @@
 // qforge status: progress of a job directory, read from its spec, plan and journal only (safe to run
-// while the job runs, from any node that sees the directory).
+// while the job runs, from any node that sees the directory): a projection of coordinator::JobState.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "common/strings.h"
 #include "common/file_util.h"
+#include "coordinator/job_state.h"
 #include "coordinator/oscillation.h"
 #include "common/progress.h"
 #include "jobs/cli.h"
@@ -24,7 +25,6 @@ using nlohmann::json;
 
 namespace {
 
-// Everything `status` reports, as one JSON object (also the --json output).
 // Why `dir` holds no job to report on, and what to do: the usual cases are a finished run's output
 // folder, or its default job directory, which a successful run removes.
 std::string no_job_reason(const fs::path& dir) {
@@ -41,123 +41,66 @@ std::string no_job_reason(const fs::path& dir) {
   return "not a qforge job directory (no job.json)";
 }
 
-json collect_status(const storage::JobLayout& jd) {
-  if (!fs::exists(jd.spec_path())) throw InputError(jd.root().string(), "", no_job_reason(jd.root()));
-  const json spec = json::parse(read_file(jd.spec_path()));
-  const json plan = fs::exists(jd.plan_path()) ? json::parse(read_file(jd.plan_path())) : json::object();
+// The job's state as the engine sees it: its plan and spec, and the journal applied to them by JobState,
+// the journal's one interpreter.
+coordinator::JobState replay_state(const storage::JobLayout& jd, const json& spec, bool* torn_tail) {
+  if (!fs::exists(jd.plan_path())) throw InputError(jd.plan_path().string(), "", "missing: the job never got past its preparation");
+  const partition::Plan plan = partition::Plan::from_json(json::parse(read_file(jd.plan_path())));
+  coordinator::JobState state =
+      coordinator::JobState::from_plan(plan, coordinator::JointSpec::from_identity(spec.at("identity").value("joint", json())));
   const storage::JournalReplay replay = storage::replay_journal(jd.journal_path());
-  const int plan_units = plan.contains("units") ? static_cast<int>(plan["units"].size()) : 0;
-  const int teams = plan.value("teams", 1);
+  for (const auto& r : replay.records) state.apply(r);
+  *torn_tail = replay.torn_tail;
+  return state;
+}
 
-  json out = {{"job_dir", jd.root().string()}, {"fingerprint", spec.value("fingerprint", "")},
-              {"mode", spec["identity"].value("mode", "")}, {"starts", 0},
-              {"complete", false}, {"last_error", nullptr}, {"torn_tail", replay.torn_tail}};
-  std::vector<json> unit_info(static_cast<std::size_t>(plan_units));
-  for (int u = 0; u < plan_units; ++u) {
-    const auto& pu = plan["units"][static_cast<std::size_t>(u)];
-    unit_info[static_cast<std::size_t>(u)] = {{"unit", u}, {"first_block", pu.value("first_block", u)},
-                                              {"num_blocks", pu.value("num_blocks", 1)}, {"state", "pending"},
-                                              {"attempts", 0}, {"done_count", 0}};
-  }
-  // MRECG: the journaled selection replaces the plan's block units.
-  json selection;
-  std::map<int, json> probes, done_records;
-  for (const auto& r : replay.records) {
-    if (r.value("type", "") == "joint_selection") selection = r;
-  }
-  int units = plan_units;
-  if (selection.is_object()) {
-    units = static_cast<int>(selection["units"].size());
-    unit_info.assign(static_cast<std::size_t>(units), json());
-    for (int u = 0; u < units; ++u) {
-      const auto& su = selection["units"][static_cast<std::size_t>(u)];
-      unit_info[static_cast<std::size_t>(u)] = {{"unit", u}, {"first_block", su[0]}, {"num_blocks", su[1]}, {"state", "pending"},
-                                                {"attempts", 0}, {"done_count", 0}};
+json unit_status(const coordinator::JobState& st, int u) {
+  const auto [first, n] = st.unit(u);
+  const coordinator::UnitProgress& p = st.progress(u);
+  json ui = {{"unit", u}, {"first_block", first}, {"num_blocks", n}, {"attempts", p.attempts},
+             {"done_count", st.done_counts().count(u) ? st.done_counts().at(u) : 0}};
+  if (st.unit_done(u)) {
+    const json& r = st.done_record(u);
+    ui["state"] = "done";
+    ui["seconds"] = r.value("seconds", 0.0);
+    ui["team"] = r.value("team", 0);
+    ui["ranks"] = r["ranks"];
+    const json& rep = r.value("report", json::object());
+    for (const char* k : {"initial_loss", "final_loss"}) {
+      if (rep.contains(k)) ui[k] = rep[k];
     }
+    return ui;
   }
+  ui["state"] = p.assigned_in_start == 0 ? "pending" : p.assigned_in_start == st.starts() ? "assigned" : "interrupted";
+  if (p.assigned_in_start > 0) ui["ranks_assigned"] = p.ranks;
+  if (const json& ck = st.checkpoint(u); !ck.is_null()) {
+    ui["checkpoint"] = {{"epoch", ck.value("epoch", 0)}, {"step", ck.value("step", 0)}, {"file", ck.value("file", "")}};
+  }
+  return ui;
+}
+
+// Samples, peak RSS and cache traffic per rank, from the done units and the FP-pass slices.
+void add_rank_figures(const coordinator::JobState& st, json& out) {
   std::map<int, std::int64_t> rank_samples;
   std::map<int, std::uint64_t> rank_peak;
   std::uint64_t written = 0, read = 0;
   std::int64_t fp_samples = 0;
-  double done_seconds = 0;
-  int done = 0, last_ranks = 0;
-  double first_t = 0, last_t = 0;
-  for (const auto& r : replay.records) {
-    const std::string type = r.value("type", "");
-    if (r.contains("t")) {
-      if (first_t == 0) first_t = r["t"].get<double>();
-      last_t = r["t"].get<double>();
-    }
-    const int u = r.value("unit", -1);
-    json* ui = u >= 0 && u < units ? &unit_info[static_cast<std::size_t>(u)] : nullptr;
-    if (type == "job_start") {
-      out.erase("stopped");
-      out["starts"] = out["starts"].get<int>() + 1;
-      last_ranks = r.value("ranks", 0);
-      out["ranks"] = last_ranks;
-      out["team_size"] = r.value("team_size", 0);
-      for (auto& x : unit_info) {
-        if (x["state"] == "assigned") x["state"] = "interrupted";
-      }
-    } else if (type == "unit_assigned" && ui) {
-      (*ui)["attempts"] = (*ui)["attempts"].get<int>() + 1;
-      if ((*ui)["state"] != "done") (*ui)["state"] = "assigned";
-      (*ui)["ranks_assigned"] = r.value("ranks", json::array());
-    } else if (type == "unit_checkpoint" && ui) {
-      (*ui)["checkpoint"] = {{"epoch", r.value("epoch", 0)}, {"step", r.value("step", 0)}, {"file", r.value("file", "")}};
-    } else if (type == "job_stopped") {
-      out["stopped"] = r.value("message", "");
-    } else if (type == "probe_done") {
-      probes[r.value("block", 0)] = r;
-    } else if (type == "unit_done" && ui) {
-      done_records[u] = r;
-      (*ui)["state"] = "done";
-      ui->erase("checkpoint");
-      (*ui)["done_count"] = (*ui)["done_count"].get<int>() + 1;
-      (*ui)["seconds"] = r.value("seconds", 0.0);
-      (*ui)["team"] = r.value("team", 0);
-      (*ui)["ranks"] = r["ranks"];
-      const json& rep = r.value("report", json::object());
-      for (const char* k : {"initial_loss", "final_loss"}) {
-        if (rep.contains(k)) (*ui)[k] = rep[k];
-      }
-      done_seconds += r.value("seconds", 0.0);
-      ++done;
-      for (const auto& rk : r["ranks"]) {
-        const int rank = rk.value("rank", 0);
-        rank_samples[rank] += rk.value("samples", std::int64_t{0});
-        rank_peak[rank] = std::max(rank_peak[rank], rk.value("peak_rss", std::uint64_t{0}));
-        written += rk.value("cache_bytes_written", std::uint64_t{0});
-        read += rk.value("cache_bytes_read", std::uint64_t{0});
-      }
-    } else if (type == "fp_slice_done") {
-      fp_samples += static_cast<std::int64_t>(r["samples"].size());
-      const int rank = r.value("rank", 0);
-      rank_peak[rank] = std::max(rank_peak[rank], r.value("peak_rss", std::uint64_t{0}));
-      written += r.value("cache_bytes_written", std::uint64_t{0});
-    } else if (type == "unit_failed" || type == "worker_lost" || type == "job_failed") {
-      out["last_error"] = r.value("message", type);
-    } else if (type == "job_complete") {
-      out["complete"] = static_cast<int>(done_records.size()) >= units;  // as JobState: only with every unit done
+  for (int u = 0; u < st.units(); ++u) {
+    if (!st.unit_done(u)) continue;
+    for (const auto& rk : st.done_record(u)["ranks"]) {
+      const int rank = rk.value("rank", 0);
+      rank_samples[rank] += rk.value("samples", std::int64_t{0});
+      rank_peak[rank] = std::max(rank_peak[rank], rk.value("peak_rss", std::uint64_t{0}));
+      written += rk.value("cache_bytes_written", std::uint64_t{0});
+      read += rk.value("cache_bytes_read", std::uint64_t{0});
     }
   }
-  // Slurm: the jobs `qforge submit` recorded (slurm.json) and what Slurm says about them now.
-  if (fs::exists(jd.root() / "slurm.json")) {
-    json jobs = json::array();
-    for (const auto& sub : json::parse(read_file(jd.root() / "slurm.json")).value("submissions", json::array())) {
-      json q = query_slurm_job(sub.value("job_id", ""));
-      q["kind"] = sub.value("kind", "");
-      if (sub.contains("chain_index")) q["chain_index"] = sub["chain_index"];
-      jobs.push_back(q);
-    }
-    out["slurm"] = jobs;
+  for (const auto& r : st.fp_slices()) {
+    fp_samples += static_cast<std::int64_t>(r["samples"].size());
+    const int rank = r.value("rank", 0);
+    rank_peak[rank] = std::max(rank_peak[rank], r.value("peak_rss", std::uint64_t{0}));
+    written += r.value("cache_bytes_written", std::uint64_t{0});
   }
-  out["units_total"] = units;
-  out["units_done"] = done;
-  if (!probes.empty() || selection.is_object() || !done_records.empty()) {
-    out["oscillation"] = coordinator::oscillation_report(probes, selection, done_records);
-  }
-  out["units"] = unit_info;
   json rs = json::object(), rp = json::object();
   for (const auto& [k, v] : rank_samples) rs[std::to_string(k)] = v;
   for (const auto& [k, v] : rank_peak) rp[std::to_string(k)] = v;
@@ -166,8 +109,58 @@ json collect_status(const storage::JobLayout& jd) {
   out["cache_bytes_written"] = written;
   out["cache_bytes_read"] = read;
   if (out["mode"] == "independent") out["fp_pass_samples"] = fp_samples;
+}
+
+// Slurm: the jobs `qforge submit` recorded (slurm.json) and what Slurm says about them now.
+json slurm_status(const storage::JobLayout& jd) {
+  json jobs = json::array();
+  for (const auto& sub : json::parse(read_file(jd.root() / "slurm.json")).value("submissions", json::array())) {
+    json q = query_slurm_job(sub.value("job_id", ""));
+    q["kind"] = sub.value("kind", "");
+    if (sub.contains("chain_index")) q["chain_index"] = sub["chain_index"];
+    jobs.push_back(q);
+  }
+  return jobs;
+}
+
+json collect_status(const storage::JobLayout& jd) {
+  if (!fs::exists(jd.spec_path())) throw InputError(jd.root().string(), "", no_job_reason(jd.root()));
+  const json spec = json::parse(read_file(jd.spec_path()));
+  bool torn_tail = false;
+  const coordinator::JobState st = replay_state(jd, spec, &torn_tail);
+  const int teams = json::parse(read_file(jd.plan_path())).value("teams", 1);
+  json out = {{"job_dir", jd.root().string()}, {"fingerprint", spec.value("fingerprint", "")},
+              {"mode", spec["identity"].value("mode", "")}, {"starts", st.starts()}, {"complete", st.complete()},
+              {"last_error", st.last_error().empty() ? json() : json(st.last_error())}, {"torn_tail", torn_tail}};
+  if (st.starts() > 0) {
+    out["ranks"] = st.last_start().value("ranks", 0);
+    out["team_size"] = st.last_start().value("team_size", 0);
+  }
+  if (!st.stopped_message().empty()) out["stopped"] = st.stopped_message();
+  if (fs::exists(jd.root() / "slurm.json")) out["slurm"] = slurm_status(jd);
+  // Before an MRECG selection there are no units yet (the probes decide them).
+  const int units = st.units_ready() ? st.units() : 0;
+  out["units_total"] = units;
+  out["units_done"] = st.done_count();
+  out["units_ready"] = st.units_ready();
+  if (st.joint().enabled) out["blocks_probed"] = static_cast<int>(st.probes().size());
+  if (!st.probes().empty() || st.selection().is_object() || st.done_count() > 0) {
+    std::map<int, json> done_records;
+    for (int u = 0; u < units; ++u) {
+      if (st.unit_done(u)) done_records[u] = st.done_record(u);
+    }
+    out["oscillation"] = coordinator::oscillation_report(st.probes(), st.selection(), done_records);
+  }
+  out["units"] = json::array();
+  double done_seconds = 0;
+  for (int u = 0; u < units; ++u) {
+    out["units"].push_back(unit_status(st, u));
+    if (st.unit_done(u)) done_seconds += st.done_record(u).value("seconds", 0.0);
+  }
+  add_rank_figures(st, out);
+  const int done = st.done_count();
   out["eta_seconds"] = done > 0 && done < units ? done_seconds / done * (units - done) / std::max(1, teams) : 0.0;
-  out["journal_span_seconds"] = last_t - first_t;
+  out["journal_span_seconds"] = st.last_time() - st.first_time();
   return out;
 }
 
@@ -263,6 +256,9 @@ int run_status(const Args& args) {
       if (!j["note"].get<std::string>().empty()) std::cout << " (" << j["note"].get<std::string>() << ")";
       std::cout << "\n";
     }
+  }
+  if (!st["units_ready"].get<bool>()) {
+    std::cout << "MRECG: " << st.value("blocks_probed", 0) << " block(s) probed; the units are chosen once every block is\n";
   }
   std::cout << "progress: " << done << "/" << total << " units done";
   if (!st["complete"].get<bool>() && done > 0 && done < total) {

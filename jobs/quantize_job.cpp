@@ -103,6 +103,7 @@ coordinator::JointSpec joint_spec(const QuantizeSpec& s, const storage::LlamaCon
   j.max_blocks = s.joint_max_blocks;
   j.data_dependent = s.modcap == "probe";
   j.probe_samples = std::min(s.probe_samples, s.calib.nsamples);
+  j.probe_epochs = s.probe_epochs;
   if (!j.data_dependent) {
     for (int b = 0; b < L; ++b) {
       const auto ov = s.overrides.find(b);
@@ -111,12 +112,6 @@ coordinator::JointSpec joint_spec(const QuantizeSpec& s, const storage::LlamaCon
     }
   }
   return j;
-}
-
-json joint_identity(const QuantizeSpec& s, const coordinator::JointSpec& j) {
-  if (!j.enabled) return nullptr;
-  return {{"topk", j.topk}, {"max_blocks", j.max_blocks}, {"capacity", s.modcap},
-          {"probe_epochs", j.data_dependent ? s.probe_epochs : 0}, {"probe_samples", j.data_dependent ? j.probe_samples : 0}};
 }
 
 fs::path job_dir_of(const QuantizeSpec& s) { return s.job_dir.empty() ? s.out / ".qforge-job" : s.job_dir; }
@@ -171,7 +166,7 @@ json job_identity(const QuantizeSpec& s, const std::string& model_fp, const coor
                       {"cache_dtype", s.cache_dtype}}},
           {"mode", s.mode},
           {"team_size", s.team_size},
-          {"joint", joint_identity(s, joint)}};
+          {"joint", joint.identity()}};
 }
 
 std::string random_id() {
@@ -423,7 +418,9 @@ int run_quantize_job(const QuantizeSpec& s) {
     if (replay.torn_tail) {
       QF_LOG(Warn) << jd.journal_path().string() << ": dropping a torn last record (crash during append)";
     }
-    coordinator::JobState state(es.blocks, es.sequential, es.needs_data ? es.samples : 0, joint);
+    // The plan rank 0 wrote is the input of execution.
+    coordinator::JobState state =
+        coordinator::JobState::from_plan(partition::Plan::from_json(json::parse(read_file(jd.plan_path()))), joint);
     for (const auto& r : replay.records) state.apply(r);
     journal = std::make_unique<storage::Journal>(jd.journal_path());
     coordinator::CoordinatorSettings cs;

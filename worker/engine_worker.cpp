@@ -60,7 +60,7 @@ namespace {
 // a long HDF5 read) never looks like a dead worker; a stopped process stops its heartbeats too.
 class HeartbeatThread {
  public:
-  HeartbeatThread(const MpiComm& control, double interval_s) : control_(control), interval_(interval_s) {
+  HeartbeatThread(const Transport& control, double interval_s) : control_(control), interval_(interval_s) {
     thread_ = std::thread([this] { loop(); });
   }
   ~HeartbeatThread() {
@@ -71,9 +71,9 @@ class HeartbeatThread {
     cv_.notify_all();
     thread_.join();
   }
-  void set(int unit, const std::string& phase) {
+  void set(std::int64_t assignment, const std::string& phase) {
     std::lock_guard<std::mutex> lock(mu_);
-    unit_ = unit;
+    assignment_ = assignment;
     phase_ = phase;
   }
 
@@ -81,7 +81,7 @@ class HeartbeatThread {
   void loop() {
     std::unique_lock<std::mutex> lock(mu_);
     while (!stop_) {
-      protocol::Heartbeat hb{control_.rank(), unit_, phase_};
+      const protocol::Heartbeat hb{control_.rank(), assignment_, phase_};
       lock.unlock();
       try {
         control_.send(0, protocol::kTagToCoordinator, protocol::encode(hb));
@@ -92,26 +92,24 @@ class HeartbeatThread {
       cv_.wait_for(lock, std::chrono::duration<double>(interval_), [this] { return stop_; });
     }
   }
-  const MpiComm& control_;
+  const Transport& control_;
   double interval_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
-  int unit_ = -1;
+  std::int64_t assignment_ = 0;
   std::string phase_ = "idle";
   std::thread thread_;
 };
 
 class Worker {
  public:
-  Worker(const EngineSettings& s, const MpiComm& control, const MpiComm& team)
+  Worker(const EngineSettings& s, const Transport& control, const Transport& team)
       : s_(s), control_(control), team_(team), baseline_rss_(current_rss_bytes()), heartbeat_(control, s.heartbeat_interval_s),
         channel_(team, s.device) {}
 
   WorkerExit run() {
-    control_.send(0, protocol::kTagToCoordinator,
-                  protocol::encode(protocol::Hello{control_.rank(), host_name(), s_.device.str(), total_memory_bytes(),
-                                                   at::get_num_threads()}));
+    send(protocol::Hello{control_.rank(), host_name(), s_.device.str(), total_memory_bytes(), at::get_num_threads()});
     // Ops that allocate on "the current GPU" (and the NCCL communicator) then use this rank's.
     if (s_.device.is_cuda()) c10::impl::getDeviceGuardImpl(s_.device.type())->setDevice(s_.device);
     ModelOptions model_options;
@@ -126,33 +124,38 @@ class Worker {
     }
     for (;;) {
       const protocol::Message msg = wait_for_coordinator();
-      if (msg.type == "shutdown") return exit_of(protocol::shutdown_from(msg));
-      const protocol::Task task = protocol::task_from(msg);
+      if (const auto* sd = std::get_if<protocol::Shutdown>(&msg)) return exit_of(*sd);
+      const auto* a = std::get_if<protocol::Assign>(&msg);
+      QF_CHECK(a, std::string("unexpected ") + protocol::type_name(msg) + " from the coordinator");
       try {
-        if (task.kind == "probe") {
-          run_probes(task);  // reports every block itself
-        } else {
-          protocol::Done done = task.kind == "fp_pass" ? run_fp_pass(task) : run_unit(task);
-          control_.send(0, protocol::kTagToCoordinator, protocol::encode(done));
-        }
-        heartbeat_.set(-1, "idle");
+        run_assignment(*a);
+        heartbeat_.set(0, "idle");
         fault_point("after_done");
       } catch (const JobAborted& e) {
         QF_LOG(Warn) << e.what();
         return e.abort ? WorkerExit::kAborting : WorkerExit::kFailed;
       } catch (const std::exception& e) {
-        QF_LOG(Error) << (task.kind == "unit" ? "unit " + std::to_string(task.unit) : task.kind) << " failed: " << e.what();
-        control_.send(0, protocol::kTagToCoordinator, protocol::encode(protocol::Failed{control_.rank(), task, e.what()}));
+        QF_LOG(Error) << "assignment " << a->id << " (" << protocol::kind_name(a->work) << ") failed: " << e.what();
+        send(protocol::Failed{control_.rank(), a->id, e.what()});
       }
     }
   }
 
  private:
+  void send(const protocol::Message& m) { control_.send(0, protocol::kTagToCoordinator, protocol::encode(m)); }
+
+  void run_assignment(const protocol::Assign& a) {
+    if (const auto* fp = std::get_if<protocol::FpPassWork>(&a.work)) return send(run_fp_pass(a.id, *fp));
+    if (const auto* probe = std::get_if<protocol::ProbeWork>(&a.work)) return run_probes(a.id, *probe);  // one DONE per block
+    send(run_unit(a.id, a.ranks, std::get<protocol::UnitWork>(a.work)));
+  }
+
   protocol::Message wait_for_coordinator() {
     for (;;) {
       if (auto m = control_.try_recv(0, protocol::kTagToWorker)) {
         protocol::Message msg = protocol::decode(m->second, 0);
-        if (msg.type == "checkpoint") continue;  // for a unit this rank already finished: nothing to stop
+        // A CHECKPOINT for a unit this rank already finished: nothing to stop.
+        if (std::holds_alternative<protocol::Checkpoint>(msg)) continue;
         return msg;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
@@ -170,15 +173,14 @@ class Worker {
   void poll_for_shutdown() {
     while (auto m = control_.try_recv(0, protocol::kTagToWorker)) {
       const protocol::Message msg = protocol::decode(m->second, 0);
-      if (msg.type == "checkpoint") {
-        const protocol::Checkpoint c = protocol::checkpoint_from(msg);
-        if (c.unit == running_.unit && c.attempt == running_.attempt) checkpoint_requested_ = true;
+      if (const auto* c = std::get_if<protocol::Checkpoint>(&msg)) {
+        if (c->assignment == running_) checkpoint_requested_ = true;
         continue;
       }
-      QF_CHECK(msg.type == "shutdown", "unexpected " + msg.type + " while a unit runs");
-      const protocol::Shutdown sd = protocol::shutdown_from(msg);
-      JobAborted e("stopped by the coordinator: " + sd.reason);
-      e.abort = sd.abort;
+      const auto* sd = std::get_if<protocol::Shutdown>(&msg);
+      QF_CHECK(sd, std::string("unexpected ") + protocol::type_name(msg) + " while a unit runs");
+      JobAborted e("stopped by the coordinator: " + sd->reason);
+      e.abort = sd->abort;
       throw e;
     }
   }
@@ -227,10 +229,10 @@ class Worker {
     return name;
   }
 
-  protocol::Done finish(const protocol::Task& task, std::int64_t samples, Clock::time_point t0) {
+  protocol::Done finish(std::int64_t assignment, std::int64_t samples, Clock::time_point t0) {
     protocol::Done d;
     d.rank = control_.rank();
-    d.task = task;
+    d.assignment = assignment;
     d.samples = samples;
     d.peak_rss = peak_rss_bytes();
     d.baseline_rss = baseline_rss_;
@@ -241,22 +243,22 @@ class Worker {
     return d;
   }
 
-  protocol::Done run_fp_pass(const protocol::Task& task) {
+  protocol::Done run_fp_pass(std::int64_t id, const protocol::FpPassWork& work) {
     const auto t0 = Clock::now();
-    heartbeat_.set(-1, "fp_pass");
+    heartbeat_.set(id, "fp_pass");
     const auto& cfg = model_->config();
     at::NoGradGuard no_grad;
-    at::Tensor x = embedded(task.samples);
+    at::Tensor x = embedded(work.samples);
     std::vector<std::string> files;
     const std::int64_t batch = std::max<std::int64_t>(1, s_.batch_size);
     for (int b = 0; b + 1 < s_.blocks; ++b) {
       BlockWeights w = load_block(b);
       x = storage::round_to_cache_dtype(
           map_batches(x, batch, [&](const at::Tensor& xb) { return block_forward(cfg, w, xb, rope_); }), s_.cache_dtype);
-      files.push_back(write_slice(b + 1, "fp", task.attempt, control_.rank(), task.samples, x));
+      files.push_back(write_slice(b + 1, "fp", id, control_.rank(), work.samples, x));
     }
-    protocol::Done d = finish(task, static_cast<std::int64_t>(task.samples.size()), t0);
-    d.files = files;
+    protocol::Done d = finish(id, static_cast<std::int64_t>(work.samples.size()), t0);
+    d.cache_files = files;
     return d;
   }
 
@@ -272,26 +274,25 @@ class Worker {
     return read_rows(mine, meta(boundary, "fp"), rows);
   }
 
-  void run_probes(const protocol::Task& task) {
+  void run_probes(std::int64_t id, const protocol::ProbeWork& work) {
     const auto& cfg = model_->config();
-    for (int b : task.blocks) {
+    for (int b : work.blocks) {
       const auto t0 = Clock::now();
-      heartbeat_.set(b, "probe");
+      heartbeat_.set(id, "probe of block " + std::to_string(b));
       fault_point("probe");
-      const at::Tensor x = fp_stream(b, task.x_fp_files, task.samples);
+      const at::Tensor x = fp_stream(b, work.x_fp_files, work.samples);
       const BlockWeights fp = load_block(b);
       const ProbeResult p = probe_block(cfg, fp, x, s_.block_options.at(static_cast<std::size_t>(b)), s_.probe_epochs, rope_,
                                         "probe of block " + std::to_string(b));
-      protocol::Task t = task;
-      t.unit = b;
-      protocol::Done d = finish(t, static_cast<std::int64_t>(task.samples.size()), t0);
-      d.report = {{"block", b}, {"loss", p.loss}, {"energy", p.energy}, {"capacity_loss", p.normalized},
-                  {"epochs", s_.probe_epochs}, {"epoch_loss", p.epoch_loss}};
-      control_.send(0, protocol::kTagToCoordinator, protocol::encode(d));
+      protocol::Done d = finish(id, static_cast<std::int64_t>(work.samples.size()), t0);
+      d.probed_block = b;
+      d.report = {{"loss", p.loss}, {"energy", p.energy}, {"capacity_loss", p.normalized}, {"epochs", s_.probe_epochs},
+                  {"epoch_loss", p.epoch_loss}};
+      send(d);
     }
   }
 
-  protocol::Done run_unit(const protocol::Task& task) {
+  protocol::Done run_unit(std::int64_t id, const std::vector<int>& ranks, const protocol::UnitWork& task) {
     const auto t0 = Clock::now();
     const int u = task.unit;
     const int block = task.first_block, nblocks = task.num_blocks;
@@ -299,13 +300,13 @@ class Worker {
     const std::string label = "unit " + std::to_string(u) + " (block" +
                               (nblocks > 1 ? "s " + std::to_string(block) + "-" + std::to_string(block + nblocks - 1)
                                            : " " + std::to_string(block)) + ")";
-    heartbeat_.set(u, "load");
-    running_ = task;  // from here on a CHECKPOINT for this assignment may arrive (and is kept for the first step)
+    heartbeat_.set(id, "load");
+    running_ = id;  // from here on a CHECKPOINT for this assignment may arrive (and is kept for the first step)
     checkpoint_requested_ = false;
-    const int K = static_cast<int>(task.team_ranks.size());
+    const int K = static_cast<int>(ranks.size());
     QF_CHECK(K == team_.size(), "assignment team size differs from this rank's team");
     const int r = team_.rank();
-    QF_CHECK(task.team_ranks.at(static_cast<std::size_t>(r)) == control_.rank(), "team rank order mismatch");
+    QF_CHECK(ranks.at(static_cast<std::size_t>(r)) == control_.rank(), "team rank order mismatch");
     const auto& cfg = model_->config();
     std::vector<CalibOptions> options;
     std::vector<BlockWeights> fp;
@@ -333,16 +334,16 @@ class Worker {
     if (s_.needs_data) {
       rows = partition::team_rows(s_.samples, s_.batch_size, K, r);
       const std::int64_t lb = partition::local_batch(s_.batch_size, K, r);
-      heartbeat_.set(u, "read");
+      heartbeat_.set(id, "read");
       at::Tensor x_fp, x_q;
-      if (task.input_boundary == 0) {
+      if (block == 0) {
         x_fp = embedded(rows);
         x_q = x_fp;
       } else {
-        x_fp = read_rows(task.x_fp_files, meta(task.input_boundary, "fp"), rows);
-        x_q = task.x_q_files == task.x_fp_files ? x_fp : read_rows(task.x_q_files, meta(task.input_boundary, "q"), rows);
+        x_fp = read_rows(task.x_fp_files, meta(block, "fp"), rows);
+        x_q = task.x_q_files == task.x_fp_files ? x_fp : read_rows(task.x_q_files, meta(block, "q"), rows);
       }
-      heartbeat_.set(u, "train");
+      heartbeat_.set(id, "train");
       // Statistics of every block on the FP stream inside the unit, and the FP target at its output.
       std::vector<ActStats> stats(static_cast<std::size_t>(nblocks));
       at::Tensor y_fp = x_fp;
@@ -370,7 +371,7 @@ class Worker {
         res = calibrate_unit(cfg, fp, x_q, y_fp, y_fp2, stats, options, rope_, label, &reducer, &split, &stop,
                              FinalLoss::kCallerMeasures);
       } catch (const UnitStopped& stopped) {
-        return checkpointed(task, stopped.checkpoint, static_cast<std::int64_t>(rows.size()), t0);
+        return checkpointed(id, u, stopped.checkpoint, static_cast<std::int64_t>(rows.size()), t0);
       }
       // The oscillation curve: every block's normalised loss at its own output, inside the unit too. Its
       // last point is the unit's final loss, and the same pass gives the next quantized stream.
@@ -391,12 +392,12 @@ class Worker {
       report["diagonal_dominance_projections"] = res.projections;
       report["block_losses"] = curve;
       if (need_next) {
-        heartbeat_.set(u, "write");
+        heartbeat_.set(id, "write");
         const at::Tensor q_next = storage::round_to_cache_dtype(q_out, s_.cache_dtype);
         const int next = block + nblocks;
         if (task.write_next) {
-          files.push_back(write_slice(next, "fp", task.attempt, r, rows, storage::round_to_cache_dtype(y_fp, s_.cache_dtype)));
-          files.push_back(write_slice(next, "q", task.attempt, r, rows, q_next));
+          files.push_back(write_slice(next, "fp", id, r, rows, storage::round_to_cache_dtype(y_fp, s_.cache_dtype)));
+          files.push_back(write_slice(next, "q", id, r, rows, q_next));
         }
         if (task.last_unit) report["calibration_mean_nll"] = calibration_nll(q_next, rows, reducer);
       }
@@ -407,10 +408,10 @@ class Worker {
       }
     }
 
-    protocol::Done d = finish(task, static_cast<std::int64_t>(rows.size()), t0);
-    d.files = files;
+    protocol::Done d = finish(id, static_cast<std::int64_t>(rows.size()), t0);
+    d.cache_files = files;
     if (r == 0) {
-      heartbeat_.set(u, "shard");
+      heartbeat_.set(id, "shard");
       fs::create_directories(s_.job.units_dir());
       const fs::path shard = s_.job.unit_shard(u);
       fault_point("shard_write");
@@ -420,8 +421,7 @@ class Worker {
       }
       storage::write_safetensors(shard, tensors,
                                  {{"format", "pt"}, {"qforge_unit", std::to_string(u)}, {"qforge_report", report.dump()}});
-      d.shard = shard.filename().string();
-      d.digest = sha256_file(shard);
+      d.shard = protocol::UnitFile{shard.filename().string(), sha256_file(shard)};
       d.report = report;
     }
     return d;
@@ -430,26 +430,25 @@ class Worker {
   // A mid-unit checkpoint (JobLayout::checkpoint_name: one per attempt, so a checkpoint a
   // later attempt resumes from is never overwritten), written by the team leader; every member then
   // reports the unit stopped.
-  protocol::Done checkpointed(const protocol::Task& task, const UnitCheckpoint& ck, std::int64_t rows, Clock::time_point t0) {
-    protocol::Done d = finish(task, rows, t0);
+  protocol::Done checkpointed(std::int64_t id, int unit, const UnitCheckpoint& ck, std::int64_t rows, Clock::time_point t0) {
+    protocol::Done d = finish(id, rows, t0);
     d.stopped = true;
     d.report = {{"epoch", ck.epoch}, {"step", ck.step}};
     if (team_.rank() == 0) {
-      heartbeat_.set(task.unit, "checkpoint");
-      const std::string name = storage::JobLayout::checkpoint_name(task.unit, task.attempt);
+      heartbeat_.set(id, "checkpoint");
+      const std::string name = storage::JobLayout::checkpoint_name(unit, id);
       const fs::path path = s_.job.units_dir() / name;
-      const json meta = {{"unit", task.unit}, {"epoch", ck.epoch}, {"step", ck.step}, {"epoch_sum", ck.epoch_sum},
+      const json meta = {{"unit", unit}, {"epoch", ck.epoch}, {"step", ck.step}, {"epoch_sum", ck.epoch_sum},
                          {"epoch_loss", ck.epoch_loss}};
       storage::write_safetensors(path, ck.state, {{"format", "pt"}, {"qforge_checkpoint", meta.dump()}});
-      d.shard = name;
-      d.digest = sha256_file(path);
+      d.checkpoint = protocol::UnitFile{name, sha256_file(path)};
     }
-    QF_LOG(Info) << "unit " << task.unit << " stopped at epoch " << (ck.epoch + 1) << " step " << ck.step
-                 << (team_.rank() == 0 ? ", checkpoint " + d.shard : "");
+    QF_LOG(Info) << "unit " << unit << " stopped at epoch " << (ck.epoch + 1) << " step " << ck.step
+                 << (d.checkpoint ? ", checkpoint " + d.checkpoint->name : "");
     return d;
   }
 
-  UnitCheckpoint read_checkpoint(const protocol::Task& task) const {
+  UnitCheckpoint read_checkpoint(const protocol::UnitWork& task) const {
     const fs::path path = s_.job.units_dir() / task.resume_from;
     if (sha256_file(path) != task.resume_digest) {
       throw InputError(path.string(), "", "checkpoint does not match the digest in the journal (modified or corrupted)");
@@ -482,8 +481,8 @@ class Worker {
   }
 
   const EngineSettings& s_;
-  const MpiComm& control_;
-  const MpiComm& team_;
+  const Transport& control_;
+  const Transport& team_;
   std::uint64_t baseline_rss_;
   HeartbeatThread heartbeat_;
   TeamChannel channel_;
@@ -491,13 +490,13 @@ class Worker {
   at::Tensor ids_;
   RopeTables rope_;
   std::uint64_t bytes_written_ = 0, bytes_read_ = 0;
-  protocol::Task running_;               // the unit in flight (CHECKPOINT requests name it)
+  std::int64_t running_ = 0;             // the unit assignment in flight (CHECKPOINT requests name it)
   bool checkpoint_requested_ = false;
 };
 
 }  // namespace
 
-WorkerExit run_worker(const EngineSettings& settings, const MpiComm& control, const MpiComm& team) {
+WorkerExit run_worker(const EngineSettings& settings, const Transport& control, const Transport& team) {
   return Worker(settings, control, team).run();
 }
 

@@ -20,7 +20,7 @@
 #include <utility>
 #include <vector>
 
-#include "common/mpi_comm.h"
+#include "common/transport.h"
 #include "storage/activation_cache.h"
 #include "storage/job_layout.h"
 #include "worker/calibrator.h"
@@ -51,8 +51,9 @@ enum class WorkerExit {
   kStopped,   // a stop signal ended the job at a checkpoint (exit kExitStopped); MPI can be finalized
   kAborting,  // rank 0 is about to MPI_Abort the job (a peer is lost): do not finalize, wait to be ended
 };
-// Runs until SHUTDOWN. `control` is the job's control communicator; `team` this rank's team.
-WorkerExit run_worker(const EngineSettings& settings, const MpiComm& control, const MpiComm& team);
+// Runs until SHUTDOWN. `control` is this rank's endpoint of the job's control transport (rank 0: the
+// coordinator); `team` of its team's.
+WorkerExit run_worker(const EngineSettings& settings, const Transport& control, const Transport& team);
 
 // The tensors of block `block` of a calibration result as they are named in a checkpoint: the folded
 // fake-quant weights, norms and biases, then per linear "<name>.codes" U8, ".scales" F16, ".zeros" I32.

@@ -37,8 +37,8 @@ void PackedTeamReducer::reduce(std::vector<at::Tensor>& tensors, Op op) {
   }
 }
 
-void MpiTeamReducer::all_reduce(at::Tensor& flat, Op op) {
-  QF_CHECK(flat.is_cpu(), "the MPI team reducer reduces host buffers");
+void TransportTeamReducer::all_reduce(at::Tensor& flat, Op op) {
+  QF_CHECK(flat.is_cpu(), "the transport team reducer reduces host buffers");
   if (flat.scalar_type() == at::kFloat) {
     if (op == Op::kMax) {
       team_.all_reduce_max(flat.data_ptr<float>(), flat.numel(), timeout_, what_, poll_);
@@ -63,7 +63,7 @@ void NcclTeamReducer::all_reduce(at::Tensor& flat, Op op) {
 }
 #endif
 
-TeamChannel::TeamChannel(const MpiComm& team, const at::Device& device) : team_(team), device_(device) {
+TeamChannel::TeamChannel(const Transport& team, const at::Device& device) : team_(team), device_(device) {
 #if defined(QFORGE_WITH_NCCL)
   nccl_wanted_ = device.is_cuda() && team.size() > 1;
 #endif
@@ -71,7 +71,7 @@ TeamChannel::TeamChannel(const MpiComm& team, const at::Device& device) : team_(
 
 TeamChannel::~TeamChannel() = default;
 
-std::unique_ptr<PackedTeamReducer> TeamChannel::reducer(std::chrono::duration<double> timeout, MpiComm::Poll poll,
+std::unique_ptr<PackedTeamReducer> TeamChannel::reducer(std::chrono::duration<double> timeout, Transport::Poll poll,
                                                         std::string what) {
 #if defined(QFORGE_WITH_NCCL)
   if (nccl_wanted_) {
@@ -82,57 +82,7 @@ std::unique_ptr<PackedTeamReducer> TeamChannel::reducer(std::chrono::duration<do
     return std::make_unique<NcclTeamReducer>(*nccl_, timeout, std::move(poll), std::move(what));
   }
 #endif
-  return std::make_unique<MpiTeamReducer>(team_, timeout, std::move(poll), std::move(what));
-}
-
-class InProcessTeam::Member : public PackedTeamReducer {
- public:
-  Member(InProcessTeam& team, int rank) : team_(team), rank_(rank) {}
-
- protected:
-  int team_size() const override { return team_.size(); }
-  void all_reduce(at::Tensor& flat, Op op) override { team_.all_reduce(rank_, flat, op == Op::kMax); }
-
- private:
-  InProcessTeam& team_;
-  const int rank_;
-};
-
-InProcessTeam::InProcessTeam(int size) : size_(size), slots_(static_cast<std::size_t>(size)) {
-  QF_CHECK(size >= 1, "a team needs at least one member");
-}
-
-std::unique_ptr<PackedTeamReducer> InProcessTeam::member(int rank) {
-  QF_CHECK(rank >= 0 && rank < size_, "team rank out of range");
-  return std::make_unique<Member>(*this, rank);
-}
-
-void InProcessTeam::all_reduce(int rank, at::Tensor& flat, bool max) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  // A member can only arrive for round n+1 after it copied round n's result, so the last arrival of
-  // round n+1 never overwrites a result someone still has to read.
-  slots_[static_cast<std::size_t>(rank)] = flat;
-  const std::uint64_t round = generation_;
-  if (++arrived_ == size_) {
-    at::Tensor acc = slots_[0].clone();
-    for (std::size_t r = 1; r < slots_.size(); ++r) {
-      QF_CHECK(slots_[r].scalar_type() == acc.scalar_type() && slots_[r].numel() == acc.numel(),
-               "team members reduced buffers of different layouts");
-      if (max) {
-        acc = at::maximum(acc, slots_[r]);
-      } else {
-        acc.add_(slots_[r]);
-      }
-    }
-    result_ = acc;
-    for (auto& s : slots_) s = at::Tensor();
-    arrived_ = 0;
-    ++generation_;
-    cv_.notify_all();
-  } else {
-    cv_.wait(lock, [&] { return generation_ != round; });
-  }
-  flat.copy_(result_);
+  return std::make_unique<TransportTeamReducer>(team_, timeout, std::move(poll), std::move(what));
 }
 
 }  // namespace qforge::worker

@@ -3,21 +3,19 @@
 // contiguous buffer in the order given, reduced with one collective, and unpacked: one message per
 // step per dtype.
 //
-// Three transports share that packing: MPI (the engine's ranks on CPUs), NCCL (the engine's ranks on
-// GPUs: the buffer stays in device memory) and threads of one process standing in for ranks
-// (InProcessTeam: tests, and any in-process team). TeamChannel picks the engine's transport.
+// Two reducers share that packing: over a Transport (common/transport.h: MPI for the engine's ranks on
+// CPUs, threads of one process in tests) and over NCCL (the engine's ranks on GPUs: the buffer stays in
+// device memory). TeamChannel picks the engine's.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <vector>
 
-#include "common/mpi_comm.h"
+#include "common/transport.h"
 #include "common/nccl_comm.h"
 #include "worker/calibrator.h"
 
@@ -45,12 +43,12 @@ class PackedTeamReducer : public TeamReducer {
   std::uint64_t bytes_ = 0;
 };
 
-// Over an MPI communicator. Waits poll `poll` (the worker checks for a coordinator SHUTDOWN there) and
-// give up after `timeout`. The summation order is MPI's (fixed for a given team size and library), so
-// runs are deterministic.
-class MpiTeamReducer : public PackedTeamReducer {
+// Over a Transport, on host buffers. Waits poll `poll` (the worker checks for a coordinator SHUTDOWN
+// there) and give up after `timeout`. The summation order is the transport's (MPI's is fixed for a given
+// team size and library; the in-process one adds in rank order), so runs are deterministic.
+class TransportTeamReducer : public PackedTeamReducer {
  public:
-  MpiTeamReducer(const MpiComm& team, std::chrono::duration<double> timeout, MpiComm::Poll poll, std::string what)
+  TransportTeamReducer(const Transport& team, std::chrono::duration<double> timeout, Transport::Poll poll, std::string what)
       : team_(team), timeout_(timeout), poll_(std::move(poll)), what_(std::move(what)) {}
 
  protected:
@@ -58,9 +56,9 @@ class MpiTeamReducer : public PackedTeamReducer {
   void all_reduce(at::Tensor& flat, Op op) override;
 
  private:
-  const MpiComm& team_;
+  const Transport& team_;
   std::chrono::duration<double> timeout_;
-  MpiComm::Poll poll_;
+  Transport::Poll poll_;
   std::string what_;
 };
 
@@ -69,7 +67,7 @@ class MpiTeamReducer : public PackedTeamReducer {
 // the MPI one). The summation order is NCCL's (fixed for a team size, library and topology).
 class NcclTeamReducer : public PackedTeamReducer {
  public:
-  NcclTeamReducer(NcclComm& comm, std::chrono::duration<double> timeout, MpiComm::Poll poll, std::string what)
+  NcclTeamReducer(NcclComm& comm, std::chrono::duration<double> timeout, Transport::Poll poll, std::string what)
       : comm_(comm), timeout_(timeout), poll_(std::move(poll)), what_(std::move(what)) {}
 
  protected:
@@ -80,48 +78,27 @@ class NcclTeamReducer : public PackedTeamReducer {
  private:
   NcclComm& comm_;
   std::chrono::duration<double> timeout_;
-  MpiComm::Poll poll_;
+  Transport::Poll poll_;
   std::string what_;
 };
 #endif
 
 // The collectives of one engine team as this rank computes: NCCL when the rank's device is a GPU and
-// qforge was built with NCCL, MPI otherwise. The NCCL communicator is created by the first reducer()
+// qforge was built with NCCL, the team's Transport otherwise. The NCCL communicator is created by the first reducer()
 // (collective: every team member asks for its first unit's reducer together) and kept for the job.
 class TeamChannel {
  public:
-  TeamChannel(const MpiComm& team, const at::Device& device);
+  TeamChannel(const Transport& team, const at::Device& device);
   ~TeamChannel();
-  std::unique_ptr<PackedTeamReducer> reducer(std::chrono::duration<double> timeout, MpiComm::Poll poll, std::string what);
+  std::unique_ptr<PackedTeamReducer> reducer(std::chrono::duration<double> timeout, Transport::Poll poll, std::string what);
 
  private:
-  const MpiComm& team_;
+  const Transport& team_;
   const at::Device device_;
   bool nccl_wanted_ = false;
 #if defined(QFORGE_WITH_NCCL)
   std::unique_ptr<NcclComm> nccl_;
 #endif
-};
-
-// A team whose ranks are threads of this process. member(r) is rank r's reducer; every member must
-// call the same collectives in the same order from its own thread. The last member to arrive combines
-// the buffers in rank order (0 + 1 + ... + K-1) and every member receives the result.
-class InProcessTeam {
- public:
-  explicit InProcessTeam(int size);
-  int size() const { return size_; }
-  std::unique_ptr<PackedTeamReducer> member(int rank);
-
- private:
-  class Member;
-  void all_reduce(int rank, at::Tensor& flat, bool max);
-  const int size_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::vector<at::Tensor> slots_;
-  at::Tensor result_;
-  int arrived_ = 0;
-  std::uint64_t generation_ = 0;
 };
 
 }  // namespace qforge::worker

@@ -122,7 +122,7 @@ TEST_F(EngineMpi, IndependentModeRunsUnitsConcurrentlyOnDifferentRanks) {
   std::size_t max_in_flight = 0;
   for (const auto& rec : journal_of(dir / "ind/job")) {
     if (rec["type"] == "fp_slice_done") fp_ranks.insert(rec["rank"].get<int>());
-    if (rec["type"] == "unit_assigned" && rec["unit"] != -1) in_flight.insert(rec["unit"].get<int>());
+    if (rec["type"] == "unit_assigned" && rec["kind"] == "unit") in_flight.insert(rec["unit"].get<int>());
     if (rec["type"] == "unit_done") {
       teams.insert(rec["team"].get<int>());
       ASSERT_EQ(rec["ranks"].size(), 1u);  // default team size 1 in independent mode
@@ -267,7 +267,7 @@ TEST_F(EngineMpi, MrecgProbesSelectionAndJointUnitsResumeByteIdentical) {
       if (rec["type"] == "probe_done") ++probes[rec["block"].get<int>()];
       if (rec["type"] == "joint_selection") ++selections;
       if (rec["type"] == "unit_done") ++done[rec["unit"].get<int>()];
-      if (rec["type"] == "unit_assigned" && rec["unit"] == first_joint) ++joint_assigned;
+      if (rec["type"] == "unit_assigned" && rec.value("unit", -1) == first_joint) ++joint_assigned;
     }
     EXPECT_EQ(probes.size(), 16u);
     for (const auto& [b, n] : probes) EXPECT_EQ(n, 1) << "block " << b << " probed twice";

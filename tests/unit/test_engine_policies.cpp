@@ -1,5 +1,5 @@
 // Pure parts of the distributed engine: the data-parallel sample split, the job state rebuilt from
-// journal records, the scheduling policy, the protocol's versioned messages, and the job spec check.
+// journal records, the scheduling policy and the job spec check (the protocol: test_protocol.cpp).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,7 +9,6 @@
 
 #include "common/error.h"
 #include "common/file_util.h"
-#include "common/protocol.h"
 #include "coordinator/job_state.h"
 #include "partition/sample_split.h"
 #include "storage/job_layout.h"
@@ -91,7 +90,7 @@ TEST(JobState, IndependentRunsTheFpPassFirstThenUnitsOnIdleTeams) {
   EXPECT_TRUE(coordinator::schedule(st, {}, false, {0, 1}, 3).empty());  // needs every team idle
   auto a = coordinator::schedule(st, {}, false, {0, 1, 2}, 3);
   ASSERT_EQ(a.size(), 1u);
-  EXPECT_EQ(a[0].kind, "fp_pass");
+  EXPECT_EQ(a[0].kind, coordinator::WorkKind::kFpPass);
   st.apply({{"type", "fp_slice_done"}, {"attempt", 1}, {"rank", 0}, {"samples", {0, 1, 2}},
             {"files", {{{"boundary", 1}, {"file", "b0001-fp-a000001-t0.h5"}}}}});
   EXPECT_EQ(st.fp_missing_samples(), (std::vector<std::int64_t>{3, 4, 5}));
@@ -106,34 +105,6 @@ TEST(JobState, IndependentRunsTheFpPassFirstThenUnitsOnIdleTeams) {
   EXPECT_EQ(a[0].team, 0);
   EXPECT_EQ(a[1].unit, 3);
   EXPECT_EQ(a[1].team, 2);
-}
-
-TEST(Protocol, MessagesRoundTripAndOtherVersionsAreRefused) {
-  protocol::Task t;
-  t.kind = "unit";
-  t.unit = 3;
-  t.attempt = 12;
-  t.team_ranks = {2, 3};
-  t.input_boundary = 3;
-  t.x_fp_files = {"a.h5"};
-  t.write_next = true;
-  const auto back = protocol::task_from(protocol::decode(protocol::encode(t), 0));
-  EXPECT_EQ(protocol::to_json(back), protocol::to_json(t));
-  protocol::Done d;
-  d.rank = 2;
-  d.task = t;
-  d.samples = 5;
-  d.report = {{"final_loss", 0.5}};
-  const auto dd = protocol::done_from(protocol::decode(protocol::encode(d), 2));
-  EXPECT_EQ(dd.samples, 5);
-  EXPECT_EQ(dd.report["final_loss"], 0.5);
-  const auto sd = protocol::shutdown_from(protocol::decode(protocol::encode(protocol::Shutdown{false, "x", true}), 0));
-  EXPECT_TRUE(sd.abort);
-  json other = json::parse(protocol::encode(protocol::Heartbeat{1, 2, "train"}));
-  other["v"] = protocol::kVersion + 1;
-  EXPECT_THROW(protocol::decode(other.dump(), 1), InternalError);
-  EXPECT_THROW(protocol::decode("not json", 1), InternalError);
-  EXPECT_THROW(protocol::task_from(protocol::decode(protocol::encode(protocol::Heartbeat{}), 1)), InternalError);
 }
 
 TEST(JobSpec, AMatchingSpecResumesAndADifferentOneIsRefusedByField) {

@@ -155,14 +155,14 @@ TEST(JobStateMrecg, SequentialProbesThenSelectionThenTheJointChain) {
   EXPECT_EQ(st.fp_missing_samples(), (std::vector<std::int64_t>{0, 1}));
   auto a = coordinator::schedule(st, {}, false, {0}, 1);
   ASSERT_EQ(a.size(), 1u);
-  EXPECT_EQ(a[0].kind, "fp_pass");
+  EXPECT_EQ(a[0].kind, coordinator::WorkKind::kFpPass);
   st.apply(fp_slice({0, 1}, 4, 1, 0));
   EXPECT_TRUE(st.fp_pass_complete());
   EXPECT_EQ(st.fp_pass_files(2), (std::vector<std::string>{"b0002-fp-a000001-t0.h5"}));
   EXPECT_EQ(st.probe_sample_ids(), (std::vector<std::int64_t>{0, 1}));
   a = coordinator::schedule(st, {}, false, {0}, 1);
   ASSERT_EQ(a.size(), 1u);
-  EXPECT_EQ(a[0].kind, "probe");
+  EXPECT_EQ(a[0].kind, coordinator::WorkKind::kProbe);
   EXPECT_TRUE(coordinator::schedule(st, {}, true, {0}, 1).empty());  // probes in flight
   for (auto [b, l] : std::vector<std::pair<int, double>>{{0, 0.1}, {1, 0.3}, {2, 0.2}}) st.apply(probe(b, l));
   EXPECT_EQ(st.missing_probe_blocks(), (std::vector<int>{3}));

@@ -6,6 +6,7 @@
 
 #include "common/file_util.h"
 #include "common/sha256.h"
+#include "partition/plan.h"
 #include "storage/hf_config.h"
 #include "storage/journal.h"
 #include "storage/safetensors.h"
@@ -121,7 +122,13 @@ TEST_F(QuantizeCli, StatusIgnoresAJobCompleteBeforeEveryUnitIsDone) {
   const fs::path job = dir / "forged";
   fs::create_directories(job);
   write_file_atomic(job / "job.json", R"({"fingerprint": "x", "identity": {"mode": "sequential"}})");
-  write_file_atomic(job / "plan.json", R"({"units": [{}, {}, {}], "teams": 1})");
+  partition::Plan plan;
+  for (int b = 0; b < 3; ++b) {
+    partition::WorkUnit u;
+    u.id = u.first_block = b;
+    plan.units.push_back(u);
+  }
+  write_file_atomic(job / "plan.json", plan.to_json().dump());
   auto status = [&] {
     auto r = test::run_command(test::qforge_binary() + " status --json --job-dir " + shell_quote(job.string()));
     EXPECT_EQ(r.exit_code, 0) << r.output;

@@ -1,8 +1,9 @@
 // One optimiser step is the same computation on a team of 1 and a team of 3: the loss and every
 // gradient of the transform/clipping parameters after the team all-reduce agree within the bound that
 // fp32 (fp64 for the loss) summation of the same per-sample terms in another order allows (derived in
-// tests/support/one_step.h). Ranks are threads of this process (worker::InProcessTeam); the same check
-// runs through `mpirun -np 3` in tests/mpi. The shares are uneven (5 samples on 3 ranks: 2 + 2 + 1), so
+// tests/support/one_step.h). Ranks are threads of this process (an InProcessNetwork, common/transport.h:
+// the fake ranks of the in-process engine tests too); the same check runs through `mpirun -np 3` in
+// tests/mpi. The shares are uneven (5 samples on 3 ranks: 2 + 2 + 1), so
 // averaging per rank instead of per sample is visible, and so are a dropped or double-counted share:
 // the last test proves the comparison catches each of them.
 #include <ATen/ATen.h>
@@ -43,11 +44,12 @@ class CorruptingReducer : public worker::TeamReducer {
 // (optional) may replace a rank's reducer.
 std::vector<StepOutcome> team_step(const OneStepProblem& p, int k,
                                    const std::function<std::unique_ptr<worker::TeamReducer>(int, worker::TeamReducer&)>& wrap = {}) {
-  worker::InProcessTeam team(k);
+  InProcessNetwork team(k);
   std::vector<std::unique_ptr<worker::PackedTeamReducer>> members;
   std::vector<std::unique_ptr<worker::TeamReducer>> wrapped;
   for (int r = 0; r < k; ++r) {
-    members.push_back(team.member(r));
+    members.push_back(std::make_unique<worker::TransportTeamReducer>(team.endpoint(r), std::chrono::seconds(60),
+                                                                     Transport::Poll{}, "one step"));
     wrapped.push_back(wrap ? wrap(r, *members.back()) : nullptr);
   }
   std::vector<StepOutcome> out(static_cast<std::size_t>(k));

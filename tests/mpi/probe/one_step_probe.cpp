@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
   try {
     qforge::configure_threads(1);  // the per-sample work must equal the in-process team of one's
     qforge::MpiComm team = qforge::MpiComm::duplicate(MPI_COMM_WORLD);
-    qforge::worker::MpiTeamReducer reducer(team, std::chrono::seconds(120), {}, "one-step probe");
+    qforge::worker::TransportTeamReducer reducer(team, std::chrono::seconds(120), {}, "one-step probe");
     qforge::test::OneStepProblem p;
     const auto out = qforge::test::one_step(p, team.size(), team.rank(), &reducer);
     if (team.rank() == 0) {
