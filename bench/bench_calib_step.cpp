@@ -20,7 +20,7 @@
 
 #include "bench/bench_common.h"
 #include "common/host_memory.h"
-#include "common/threads.h"
+#include "worker/threads.h"
 #include "worker/calibrator.h"
 #include "worker/llama_model.h"
 #include "worker/precision.h"
@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
     else if (a == "--compute-dtype") precision_name = argv[i + 1];
     else if (a == "--profile") profile = argv[i + 1];
   }
-  threads = configure_threads(threads);
+  threads = qforge::worker::configure_threads(threads);
   nlohmann::json j = {{"hidden_size", 4096}, {"intermediate_size", 11008}, {"num_hidden_layers", 1},
                       {"num_attention_heads", 32}, {"num_key_value_heads", 32}, {"vocab_size", 32000},
                       {"max_position_embeddings", 4096}};

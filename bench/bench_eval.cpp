@@ -12,7 +12,7 @@
 
 #include "bench/bench_common.h"
 #include "common/host_memory.h"
-#include "common/threads.h"
+#include "worker/threads.h"
 #include "jobs/synthetic_model.h"
 #include "worker/evaluator.h"
 #include "worker/llama_model.h"
@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
     else if (a == "--threads") threads = std::stoi(argv[i + 1]);
     else if (a == "--dtype") dtype = argv[i + 1];
   }
-  threads = configure_threads(threads);
+  threads = qforge::worker::configure_threads(threads);
   bool made = false;
   if (model.empty()) {
     fs::path shared = fs::path(QFORGE_BENCH_SOURCE_DIR) / ".." / "shared" / "data" / "models" / "ref-6m";

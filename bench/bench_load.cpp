@@ -14,7 +14,7 @@
 
 #include "bench/bench_common.h"
 #include "common/host_memory.h"
-#include "common/threads.h"
+#include "worker/threads.h"
 #include "jobs/synthetic_model.h"
 #include "worker/llama_model.h"
 
@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
     else if (a == "--seqlen") seqlen = std::stoll(argv[i + 1]);
     else if (a == "--threads") threads = std::stoi(argv[i + 1]);
   }
-  threads = configure_threads(threads);
+  threads = qforge::worker::configure_threads(threads);
   bool made = false;
   if (model.empty()) {
     model = fs::temp_directory_path() / ("qforge-bench-load-" + std::to_string(::getpid()));

@@ -5,7 +5,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
-#include "common/threads.h"
+#include "worker/threads.h"
 
 namespace qforge::jobs {
 
@@ -32,7 +32,7 @@ bool parse_args(const Args& args, const std::string& command, const std::string&
 
 void apply_common_options(const po::variables_map& vm) {
   set_log_level(parse_log_level(vm["log-level"].as<std::string>()));
-  configure_threads(vm["threads"].as<int>());
+  worker::configure_threads(vm["threads"].as<int>());
 }
 
 std::uint64_t parse_size(const std::string& text, const std::string& option) {

@@ -18,7 +18,7 @@
 #include "common/mpi_comm.h"
 #include "common/sha256.h"
 #include "common/signals.h"
-#include "common/threads.h"
+#include "worker/threads.h"
 #include "coordinator/assembly.h"
 #include "coordinator/coordinator.h"
 #include "common/progress.h"
@@ -367,7 +367,7 @@ int run_quantize_job(const QuantizeSpec& s) {
   }
 
   // 3. Pinned thread count, teams, engine settings (identical on every rank).
-  configure_threads(prep.at("threads").get<int>());
+  worker::configure_threads(prep.at("threads").get<int>());
   const int team_size = prep.at("team_size").get<int>();
   const MpiComm team = world.split(rank / team_size, rank);
   worker::EngineSettings es;

@@ -23,7 +23,7 @@ std::string block_tensor_name(int block, const std::string& suffix) {
   return "model.layers." + std::to_string(block) + "." + suffix;
 }
 
-std::vector<std::pair<std::string, Shape>> expected_block_tensors(const storage::LlamaConfig& c) {
+std::vector<std::pair<std::string, Shape>> expected_block_tensors(const LlamaConfig& c) {
   const std::int64_t h = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), f = c.intermediate_size;
   std::vector<std::pair<std::string, Shape>> out = {
       {"input_layernorm.weight", {h}},
@@ -58,7 +58,7 @@ std::vector<std::pair<std::string, Shape>> expected_block_tensors(const storage:
   return out;
 }
 
-std::vector<std::pair<std::string, Shape>> expected_global_tensors(const storage::LlamaConfig& c) {
+std::vector<std::pair<std::string, Shape>> expected_global_tensors(const LlamaConfig& c) {
   std::vector<std::pair<std::string, Shape>> out = {
       {"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}},
       {"model.norm.weight", {c.hidden_size}},
@@ -67,7 +67,7 @@ std::vector<std::pair<std::string, Shape>> expected_global_tensors(const storage
   return out;
 }
 
-ModelIndex::ModelIndex(const storage::LlamaConfig& config, const std::vector<IndexedTensor>& tensors,
+ModelIndex::ModelIndex(const LlamaConfig& config, const std::vector<IndexedTensor>& tensors,
                        const std::string& where)
     : config_(config), blocks_(static_cast<std::size_t>(config.num_hidden_layers)) {
   std::map<std::string, const IndexedTensor*> by_name;

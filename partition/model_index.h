@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "storage/hf_config.h"
+#include "common/model_config.h"
 
 namespace qforge::partition {
 
@@ -20,9 +20,9 @@ struct IndexedTensor {
 };
 
 // The tensors each block must have, by suffix after "model.layers.N.", with their expected shapes.
-std::vector<std::pair<std::string, std::vector<std::int64_t>>> expected_block_tensors(const storage::LlamaConfig& c);
+std::vector<std::pair<std::string, std::vector<std::int64_t>>> expected_block_tensors(const LlamaConfig& c);
 // Global tensors the model must have (lm_head only when embeddings are not tied).
-std::vector<std::pair<std::string, std::vector<std::int64_t>>> expected_global_tensors(const storage::LlamaConfig& c);
+std::vector<std::pair<std::string, std::vector<std::int64_t>>> expected_global_tensors(const LlamaConfig& c);
 
 std::string block_tensor_name(int block, const std::string& suffix);
 
@@ -30,9 +30,9 @@ class ModelIndex {
  public:
   // Throws InputError (naming `where` and the tensor) for a missing tensor, a shape that disagrees
   // with the config, or a tensor that belongs nowhere. Ignored: rotary_emb.inv_freq buffers.
-  ModelIndex(const storage::LlamaConfig& config, const std::vector<IndexedTensor>& tensors, const std::string& where);
+  ModelIndex(const LlamaConfig& config, const std::vector<IndexedTensor>& tensors, const std::string& where);
 
-  const storage::LlamaConfig& config() const { return config_; }
+  const LlamaConfig& config() const { return config_; }
   int num_blocks() const { return static_cast<int>(blocks_.size()); }
   const std::vector<IndexedTensor>& block(int i) const { return blocks_.at(static_cast<std::size_t>(i)); }
   const std::vector<IndexedTensor>& globals() const { return globals_; }
@@ -45,7 +45,7 @@ class ModelIndex {
   const std::vector<std::string>& ignored() const { return ignored_; }
 
  private:
-  storage::LlamaConfig config_;
+  LlamaConfig config_;
   std::vector<std::vector<IndexedTensor>> blocks_;
   std::vector<IndexedTensor> globals_;
   std::vector<std::string> ignored_;

@@ -25,7 +25,7 @@ std::int64_t shape_elements(const std::vector<std::int64_t>& shape) {
 }
 
 // Trainable parameters of one block (the header's Ptrain): transforms, then LWC clipping.
-std::int64_t block_trainable_parameters(const storage::LlamaConfig& c, const PlanOptions& o) {
+std::int64_t block_trainable_parameters(const LlamaConfig& c, const PlanOptions& o) {
   const std::int64_t h = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), f = c.intermediate_size;
   const std::int64_t d = c.head_dim, kv_heads = c.num_key_value_heads;
   std::int64_t n = o.affine_matrices ? 2 * h * h + 2 * kv_heads * d * d + 2 * h + kv : 4 * h + q + 2 * kv;
@@ -137,7 +137,7 @@ Plan make_plan(const ModelIndex& index, const PlanOptions& options, const std::v
   plan.teams = options.ranks / plan.team_size;
   plan.samples_per_team_rank = team_rows(options, plan.team_size);
 
-  const storage::LlamaConfig& c = index.config();
+  const LlamaConfig& c = index.config();
   const std::int64_t n = options.nsamples, t = options.seqlen, h = c.hidden_size;
   const std::int64_t rows0 = plan.samples_per_team_rank.empty() ? 0 : plan.samples_per_team_rank.front();
   const std::int64_t step_rows = ceil_div(std::min(options.batch_size, n), plan.team_size);

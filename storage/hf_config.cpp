@@ -94,22 +94,6 @@ std::int64_t first_token_id(const json& j, const char* key, std::int64_t fallbac
 
 }  // namespace
 
-std::int64_t LlamaConfig::block_parameters() const {
-  std::int64_t h = hidden_size, f = intermediate_size;
-  std::int64_t n = 2 * h                      // norms
-                   + q_dim() * h + 2 * kv_dim() * h + h * q_dim()  // q, k, v, o
-                   + 3 * f * h;               // gate, up, down
-  if (attention_bias) n += q_dim() + 2 * kv_dim() + h;
-  if (mlp_bias) n += 2 * f + h;
-  return n;
-}
-
-std::int64_t LlamaConfig::total_parameters() const {
-  std::int64_t n = num_hidden_layers * block_parameters() + vocab_size * hidden_size + hidden_size;
-  if (!tie_word_embeddings) n += vocab_size * hidden_size;
-  return n;
-}
-
 LlamaConfig parse_llama_config(const json& j, const std::string& where) {
   if (!j.is_object()) throw InputError(where, "", "config must be a JSON object");
   LlamaConfig c;

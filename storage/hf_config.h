@@ -12,52 +12,15 @@
 #include <optional>
 #include <string>
 
+#include "common/model_config.h"
 #include "storage/quant_config.h"
 
 namespace qforge::storage {
 
 namespace fs = std::filesystem;
 
-struct RopeScaling {
-  std::string type = "default";  // default | linear | llama3 | dynamic
-  double factor = 1.0;
-  // llama3 only
-  double low_freq_factor = 1.0;
-  double high_freq_factor = 4.0;
-  std::int64_t original_max_position_embeddings = 8192;
-};
-
-struct LlamaConfig {
-  std::string architecture = "LlamaForCausalLM";
-  std::string model_type = "llama";
-  std::int64_t hidden_size = 0;
-  std::int64_t intermediate_size = 0;
-  std::int64_t num_hidden_layers = 0;
-  std::int64_t num_attention_heads = 0;
-  std::int64_t num_key_value_heads = 0;  // defaults to num_attention_heads
-  std::int64_t head_dim = 0;             // defaults to hidden_size / num_attention_heads
-  std::int64_t vocab_size = 0;
-  std::int64_t max_position_embeddings = 2048;
-  double rms_norm_eps = 1e-6;
-  double rope_theta = 10000.0;
-  RopeScaling rope_scaling;
-  bool tie_word_embeddings = false;
-  bool attention_bias = false;
-  bool mlp_bias = false;
-  std::string torch_dtype = "float32";
-  std::int64_t bos_token_id = 1;
-  std::int64_t eos_token_id = 2;
-  // Present for folders written by `qforge quantize` (config.json "quantization_config").
-  std::optional<QuantConfig> quant;
-  // The file as read, so writers can keep fields qforge does not interpret.
-  nlohmann::json raw = nlohmann::json::object();
-
-  std::int64_t q_dim() const { return num_attention_heads * head_dim; }
-  std::int64_t kv_dim() const { return num_key_value_heads * head_dim; }
-  // Parameters of one decoder block, and of the whole model.
-  std::int64_t block_parameters() const;
-  std::int64_t total_parameters() const;
-};
+using ::qforge::LlamaConfig;
+using ::qforge::RopeScaling;
 
 // Parses and validates; `where` names the source in messages (usually the file path).
 LlamaConfig parse_llama_config(const nlohmann::json& j, const std::string& where);

@@ -11,16 +11,6 @@ bool is_sidecar_tensor(const std::string& name) {
   return ends_with(name, ".codes") || ends_with(name, ".scales") || ends_with(name, ".zeros");
 }
 
-int QuantConfig::weight_bits(int block) const {
-  auto it = block_overrides.find(block);
-  return it != block_overrides.end() && it->second.bits ? it->second.bits : bits;
-}
-
-int QuantConfig::activation_bits(int block) const {
-  auto it = block_overrides.find(block);
-  return it != block_overrides.end() && it->second.act_bits ? it->second.act_bits : act_bits;
-}
-
 namespace {
 
 int get_int(const json& j, const char* key, int fallback, int lo, int hi, const std::string& where) {

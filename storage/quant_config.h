@@ -18,33 +18,12 @@
 #include <map>
 #include <string>
 
+#include "common/model_config.h"
+
 namespace qforge::storage {
 
-struct BitsOverride {
-  int bits = 0;      // 0: not overridden
-  int act_bits = 0;
-};
-
-struct QuantConfig {
-  std::string method = "rtn";
-  int bits = 4;
-  std::int64_t group_size = 0;
-  bool sym = false;
-  int act_bits = 16;
-  bool act_sym = false;
-  bool deployable = true;
-  bool norm_bias = false;
-  bool norm_affine = false;
-  std::map<int, BitsOverride> block_overrides;
-  std::string sidecar = "quantization.safetensors";
-  // Empty for qforge folders. For exported folders the packed layout of the weights, which readers
-  // dequantize on load: "gptq" (v1 zeros), "gptq_v2", "pack-quantized", "int-quantized".
-  std::string format;
-  nlohmann::json calibration = nlohmann::json::object();
-
-  int weight_bits(int block) const;
-  int activation_bits(int block) const;
-};
+using ::qforge::BitsOverride;
+using ::qforge::QuantConfig;
 
 // The sidecar's tensors: "<linear>.codes", ".scales", ".zeros".
 bool is_sidecar_tensor(const std::string& name);

@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "common/threads.h"
+#include "worker/threads.h"
 
 namespace {
 
@@ -20,7 +20,7 @@ class ThreadKnob : public ::testing::Environment {
         ::setenv(var, n, 1);
       }
     }
-    const int applied = qforge::configure_threads(0);
+    const int applied = qforge::worker::configure_threads(0);
     std::fprintf(stderr, "[qforge tests] %d compute thread(s)\n", applied);
   }
 };

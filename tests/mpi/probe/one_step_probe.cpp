@@ -9,7 +9,7 @@
 #include <string>
 
 #include "common/mpi_comm.h"
-#include "common/threads.h"
+#include "worker/threads.h"
 #include "storage/safetensors.h"
 #include "tests/support/one_step.h"
 #include "worker/team_reducer.h"
@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    qforge::configure_threads(1);  // the per-sample work must equal the in-process team of one's
+    qforge::worker::configure_threads(1);  // the per-sample work must equal the in-process team of one's
     qforge::MpiComm team = qforge::MpiComm::duplicate(MPI_COMM_WORLD);
     qforge::worker::TransportTeamReducer reducer(team, std::chrono::seconds(120), {}, "one-step probe");
     qforge::test::OneStepProblem p;

@@ -1,4 +1,4 @@
-#include "common/threads.h"
+#include "worker/threads.h"
 
 #include <dlfcn.h>
 
@@ -9,7 +9,7 @@
 
 #include "common/error.h"
 
-namespace qforge {
+namespace qforge::worker {
 
 int configure_threads(int threads) {
   if (threads <= 0) {
@@ -32,4 +32,4 @@ int configure_threads(int threads) {
   return threads;
 }
 
-}  // namespace qforge
+}  // namespace qforge::worker

@@ -4,10 +4,10 @@
 // as the first one; and ranks sharing a machine must not each start one thread per core.
 #pragma once
 
-namespace qforge {
+namespace qforge::worker {
 
 // threads <= 0 means: QFORGE_THREADS from the environment if set, else the number of cores.
 // Returns the count that was applied.
 int configure_threads(int threads);
 
-}  // namespace qforge
+}  // namespace qforge::worker
