@@ -21,4 +21,19 @@ inline std::string format_mib(double bytes) {
   return buf;
 }
 
+// "512 B", "3.4 KiB", "12.3 MiB", "4.1 GiB": file sizes of any scale.
+inline std::string format_bytes(double bytes) {
+  char buf[48];
+  if (bytes < 1024) {
+    std::snprintf(buf, sizeof buf, "%.0f B", bytes);
+  } else if (bytes < 1024.0 * 1024) {
+    std::snprintf(buf, sizeof buf, "%.1f KiB", bytes / 1024);
+  } else if (bytes < 1024.0 * 1024 * 1024) {
+    std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / (1024.0 * 1024));
+  } else {
+    std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / (1024.0 * 1024 * 1024));
+  }
+  return buf;
+}
+
 }  // namespace qforge

@@ -3,10 +3,13 @@
 #include <algorithm>
 
 #include "common/error.h"
+#include "common/file_util.h"
 #include "storage/job_layout.h"
+#include "storage/journal.h"
 
 namespace qforge::coordinator {
 
+namespace fs = std::filesystem;
 using nlohmann::json;
 
 json JointSpec::identity() const {
@@ -231,6 +234,22 @@ std::set<std::string> JobState::live_cache_files() const {
     }
   }
   return live;
+}
+
+JobState load_job_state(const storage::JobLayout& job, const JointSpec& joint, bool* torn_tail) {
+  if (!fs::exists(job.plan_path())) {
+    throw InputError(job.plan_path().string(), "", "missing: the job never got past its preparation");
+  }
+  JobState state = JobState::from_plan(partition::Plan::from_json(json::parse(read_file(job.plan_path()))), joint);
+  const storage::JournalReplay replay = storage::replay_journal(job.journal_path());
+  for (const auto& r : replay.records) state.apply(r);
+  if (torn_tail) *torn_tail = replay.torn_tail;
+  return state;
+}
+
+JobState load_job_state(const storage::JobLayout& job, bool* torn_tail) {
+  const json spec = json::parse(read_file(job.spec_path()));
+  return load_job_state(job, JointSpec::from_identity(spec.at("identity").value("joint", json())), torn_tail);
 }
 
 std::vector<Assignment> schedule(const JobState& state, const std::set<int>& running_units, bool phase_running,

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "partition/plan.h"
+#include "storage/job_layout.h"
 
 namespace qforge::coordinator {
 
@@ -146,6 +147,12 @@ class JobState {
   std::vector<nlohmann::json> fp_slices_;
   double first_t_ = 0, last_t_ = 0;
 };
+
+// A job directory's state: its plan.json with the journal replayed through JobState::apply. `joint`
+// as the job runs it; the overload without reads it from job.json's identity (for `status` and
+// `export`, which need no data-free capacities). `torn_tail`: the journal's last line was cut by a crash.
+JobState load_job_state(const storage::JobLayout& job, const JointSpec& joint, bool* torn_tail = nullptr);
+JobState load_job_state(const storage::JobLayout& job, bool* torn_tail = nullptr);
 
 // What the scheduler may hand out: a task kind for a team (or, for the FP pass, every rank).
 enum class WorkKind { kFpPass, kProbe, kUnit };

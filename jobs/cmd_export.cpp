@@ -1,16 +1,15 @@
 // qforge export: a quantized folder (or a job directory's output) -> GPTQ, compressed-tensors or a
 // plain fake-quant folder (storage/export.h).
 #include <iostream>
-
-#include "common/error.h"
-#include "common/log.h"
-#include "jobs/cli.h"
 #include <nlohmann/json.hpp>
 
+#include "common/error.h"
 #include "common/file_util.h"
+#include "common/log.h"
+#include "coordinator/job_state.h"
+#include "jobs/cli.h"
 #include "storage/export.h"
 #include "storage/job_layout.h"
-#include "storage/journal.h"
 
 namespace qforge::jobs {
 
@@ -31,9 +30,7 @@ int run_export(const Args& args) {
   if (vm.count("job-dir")) {
     const storage::JobLayout jd(vm["job-dir"].as<std::string>());
     const nlohmann::json spec = nlohmann::json::parse(read_file(jd.spec_path()));
-    const auto journal = storage::replay_journal(jd.journal_path());
-    const bool complete = !journal.records.empty() && journal.records.back().value("type", "") == "job_complete";
-    if (!complete || !spec.contains("out")) {
+    if (!coordinator::load_job_state(jd).complete() || !spec.contains("out")) {
       throw InputError(jd.journal_path().string(), "", "the job is not complete (see qforge status --job-dir)");
     }
     o.model = spec["out"].get<std::string>();

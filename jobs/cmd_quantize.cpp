@@ -35,15 +35,8 @@ std::pair<int, storage::BitsOverride> parse_override(const std::string& text) {
   return {std::stoi(m[1]), o};
 }
 
-// Parse and validation shared by `qforge quantize` and `qforge submit` (which checks the options after
-// its `--` before submitting). nullopt: --help was given and the usage printed (allow_help only; a
-// submitted command has no use for it). apply_common: also apply --threads/--log-level, which only the
-// process that runs the job should take over.
-std::optional<QuantizeSpec> parse_spec(const Args& args, bool allow_help, bool apply_common) {
-  po::options_description cli("command-line only");
-  add_common_options(cli);
-  cli.add_options()("config", po::value<std::string>(), "file of key = value lines with the options below (CLI wins)");
-  po::options_description job("quantize options (also valid as config-file keys)");
+// The options of a quantize job: the command line's and a --config file's keys.
+void add_job_options(po::options_description& job) {
   job.add_options()
       ("model", po::value<std::string>(), "input model folder (HF layout)")
       ("out", po::value<std::string>(), "output folder")
@@ -103,31 +96,12 @@ std::optional<QuantizeSpec> parse_spec(const Args& args, bool allow_help, bool a
       ("dry-run", po::value<bool>()->default_value(false)->implicit_value(true),
        "print the plan (units, memory per rank, cache disk, tensor coverage; with MRECG the probes, differentials "
        "and joint units) and exit");
-  po::options_description all;
-  all.add(cli).add(job);
-  po::variables_map vm;
-  if (!allow_help) {
-    for (const auto& a : args) {
-      if (a == "--help" || a == "-h") throw InputError(a, "", "not valid here (see qforge quantize --help)");
-    }
-  }
-  if (!parse_args(args, "quantize", "--model DIR --out DIR [--method M --wbits N --abits N ...]", all, vm)) return std::nullopt;
-  if (vm.count("config")) {
-    const std::string path = vm["config"].as<std::string>();
-    std::ifstream in(path);
-    if (!in) throw InputError(path, "", "cannot open config file");
-    try {
-      po::store(po::parse_config_file(in, job), vm);  // values already set on the command line win
-    } catch (const po::error& e) {
-      throw InputError(path, "", e.what());
-    }
-    po::notify(vm);
-  }
-  if (apply_common) apply_common_options(vm);
+}
+
+// --model, --out and what the weights become.
+void read_quantization(const po::variables_map& vm, QuantizeSpec& s) {
   if (!vm.count("model")) throw InputError("--model", "", "required");
   if (!vm.count("out")) throw InputError("--out", "", "required");
-
-  QuantizeSpec s;
   s.model = vm["model"].as<std::string>();
   s.out = vm["out"].as<std::string>();
   s.method = worker::parse_method(vm["method"].as<std::string>());
@@ -143,6 +117,15 @@ std::optional<QuantizeSpec> parse_spec(const Args& args, bool allow_help, bool a
   if (vm.count("block-override")) {
     for (const auto& o : vm["block-override"].as<std::vector<std::string>>()) s.overrides.insert(parse_override(o));
   }
+  s.model_config = storage::read_llama_config(s.model);
+  s.shard_bytes = parse_size(vm["shard-size"].as<std::string>(), "--shard-size");
+  s.export_format = vm["export"].as<std::string>();
+  s.export_out = vm["export-out"].as<std::string>();
+  if (!s.export_format.empty() && s.export_out.empty()) s.export_out = s.out.string() + "-" + s.export_format;
+}
+
+// The calibration data and how each step uses it.
+void read_calibration(const po::variables_map& vm, QuantizeSpec& s) {
   s.calib.source = vm["calib-data"].as<std::string>();
   s.calib.format = vm["calib-format"].as<std::string>();
   s.calib.nsamples = vm["nsamples"].as<std::int64_t>();
@@ -152,17 +135,16 @@ std::optional<QuantizeSpec> parse_spec(const Args& args, bool allow_help, bool a
   if (s.batch_size < 1) throw InputError("--batch-size", "", "must be >= 1");
   s.fp64_matrices = vm["fp64-matrices"].as<bool>();
   s.compute = worker::parse_compute_precision(vm["compute-dtype"].as<std::string>());
-  s.device = vm["device"].as<std::string>();
-  worker::check_device_name(s.device);  // whether this machine has the device is the job's check (per rank)
-  s.shard_bytes = parse_size(vm["shard-size"].as<std::string>(), "--shard-size");
-  const auto max_pos = storage::read_llama_config(s.model).max_position_embeddings;
   s.calib.seqlen = vm["calib-seqlen"].as<std::int64_t>();
-  if (s.calib.seqlen == 0) s.calib.seqlen = std::min<std::int64_t>(2048, max_pos);
+  if (s.calib.seqlen == 0) s.calib.seqlen = std::min<std::int64_t>(2048, s.model_config.max_position_embeddings);
   if (s.method != worker::Method::kRtn && s.calib.source.empty()) {
     throw InputError("--calib-data", "", "required for " + vm["method"].as<std::string>() +
                                              " (a text, WikiText, C4 or token file, or model:generate)");
   }
+}
 
+// The method's recipe, then the flags that override it.
+void read_recipe(const po::variables_map& vm, QuantizeSpec& s) {
   s.recipe = worker::default_recipe(s.method, s.wbits, s.abits, s.group_size, s.faithful);
   if (vm.count("epochs")) s.recipe.epochs = vm["epochs"].as<int>();
   if (vm.count("let")) s.recipe.let = vm["let"].as<bool>();
@@ -183,18 +165,25 @@ std::optional<QuantizeSpec> parse_spec(const Args& args, bool allow_help, bool a
   }
   if (s.recipe.epochs < 0) throw InputError("--epochs", "", "must be >= 0");
   if (s.recipe.stability_factor <= 0) throw InputError("--sf", "", "must be positive");
+}
+
+// Where and how the engine runs.
+void read_engine(const po::variables_map& vm, QuantizeSpec& s) {
+  s.device = vm["device"].as<std::string>();
+  worker::check_device_name(s.device);  // whether this machine has the device is the job's check (per rank)
   s.job_dir = vm["job-dir"].as<std::string>();
-  s.mode = vm["mode"].as<std::string>();
+  s.mode = partition::parse_engine_mode(vm["mode"].as<std::string>());
   s.team_size = vm["team-size"].as<int>();
   if (s.team_size < 0) throw InputError("--team-size", "", "must be >= 0");
-  s.cache_dtype = vm["cache-dtype"].as<std::string>();
+  s.cache_dtype = storage::parse_cache_dtype(vm["cache-dtype"].as<std::string>());
   s.heartbeat_timeout_s = vm["heartbeat-timeout"].as<double>();
   s.keep_cache = vm["keep-cache"].as<bool>();
   s.dry_run = vm["dry-run"].as<bool>();
   s.threads = vm["threads"].as<int>();
-  s.export_format = vm["export"].as<std::string>();
-  s.export_out = vm["export-out"].as<std::string>();
-  if (!s.export_format.empty() && s.export_out.empty()) s.export_out = s.out.string() + "-" + s.export_format;
+}
+
+// MRECG joint reconstruction.
+void read_joint(const po::variables_map& vm, QuantizeSpec& s) {
   const std::string topk = vm["joint-topk"].as<std::string>();
   if (topk == "auto") {
     s.joint_topk = -1;
@@ -218,6 +207,45 @@ std::optional<QuantizeSpec> parse_spec(const Args& args, bool allow_help, bool a
   if (s.method == worker::Method::kRtn && s.joint_topk > 0) {
     throw InputError("--joint-topk", "", "joint reconstruction needs a calibrated method (omniquant or affinequant), not rtn");
   }
+}
+
+// Parse and validation shared by `qforge quantize` and `qforge submit` (which checks the options after
+// its `--` before submitting). nullopt: --help was given and the usage printed (allow_help only; a
+// submitted command has no use for it). apply_common: also apply --threads/--log-level, which only the
+// process that runs the job should take over.
+std::optional<QuantizeSpec> parse_spec(const Args& args, bool allow_help, bool apply_common) {
+  po::options_description cli("command-line only");
+  add_common_options(cli);
+  cli.add_options()("config", po::value<std::string>(), "file of key = value lines with the options below (CLI wins)");
+  po::options_description job("quantize options (also valid as config-file keys)");
+  add_job_options(job);
+  po::options_description all;
+  all.add(cli).add(job);
+  po::variables_map vm;
+  if (!allow_help) {
+    for (const auto& a : args) {
+      if (a == "--help" || a == "-h") throw InputError(a, "", "not valid here (see qforge quantize --help)");
+    }
+  }
+  if (!parse_args(args, "quantize", "--model DIR --out DIR [--method M --wbits N --abits N ...]", all, vm)) return std::nullopt;
+  if (vm.count("config")) {
+    const std::string path = vm["config"].as<std::string>();
+    std::ifstream in(path);
+    if (!in) throw InputError(path, "", "cannot open config file");
+    try {
+      po::store(po::parse_config_file(in, job), vm);  // values already set on the command line win
+    } catch (const po::error& e) {
+      throw InputError(path, "", e.what());
+    }
+    po::notify(vm);
+  }
+  if (apply_common) apply_common_options(vm);
+  QuantizeSpec s;
+  read_quantization(vm, s);
+  read_calibration(vm, s);
+  read_recipe(vm, s);
+  read_engine(vm, s);
+  read_joint(vm, s);
   QF_LOG(Debug) << "quantize " << s.model.string() << " -> " << s.out.string() << ": " << worker::method_name(s.method) << " W"
                << s.wbits << "A" << s.abits << (s.group_size ? " g" + std::to_string(s.group_size) : "")
                << (s.faithful ? " faithful" : " deployable") << "; recipe " << s.recipe.describe();

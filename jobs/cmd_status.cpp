@@ -41,19 +41,6 @@ std::string no_job_reason(const fs::path& dir) {
   return "not a qforge job directory (no job.json)";
 }
 
-// The job's state as the engine sees it: its plan and spec, and the journal applied to them by JobState,
-// the journal's one interpreter.
-coordinator::JobState replay_state(const storage::JobLayout& jd, const json& spec, bool* torn_tail) {
-  if (!fs::exists(jd.plan_path())) throw InputError(jd.plan_path().string(), "", "missing: the job never got past its preparation");
-  const partition::Plan plan = partition::Plan::from_json(json::parse(read_file(jd.plan_path())));
-  coordinator::JobState state =
-      coordinator::JobState::from_plan(plan, coordinator::JointSpec::from_identity(spec.at("identity").value("joint", json())));
-  const storage::JournalReplay replay = storage::replay_journal(jd.journal_path());
-  for (const auto& r : replay.records) state.apply(r);
-  *torn_tail = replay.torn_tail;
-  return state;
-}
-
 json unit_status(const coordinator::JobState& st, int u) {
   const auto [first, n] = st.unit(u);
   const coordinator::UnitProgress& p = st.progress(u);
@@ -127,7 +114,7 @@ json collect_status(const storage::JobLayout& jd) {
   if (!fs::exists(jd.spec_path())) throw InputError(jd.root().string(), "", no_job_reason(jd.root()));
   const json spec = json::parse(read_file(jd.spec_path()));
   bool torn_tail = false;
-  const coordinator::JobState st = replay_state(jd, spec, &torn_tail);
+  const coordinator::JobState st = coordinator::load_job_state(jd, &torn_tail);
   const int teams = json::parse(read_file(jd.plan_path())).value("teams", 1);
   json out = {{"job_dir", jd.root().string()}, {"fingerprint", spec.value("fingerprint", "")},
               {"mode", spec["identity"].value("mode", "")}, {"starts", st.starts()}, {"complete", st.complete()},

@@ -276,15 +276,7 @@ std::string default_qforge_path() {
   return self.string();
 }
 
-}  // namespace
-
-int run_submit(const Args& all_args) {
-  // Everything after the first `--` is quantize options.
-  const auto dashes = std::find(all_args.begin(), all_args.end(), "--");
-  const Args args(all_args.begin(), dashes);
-  Args qargs = dashes == all_args.end() ? Args() : Args(dashes + 1, all_args.end());
-
-  po::options_description desc("submit options");
+void add_submit_options(po::options_description& desc) {
   add_common_options(desc);
   desc.add_options()
       ("job-dir", po::value<std::string>(), "job directory (journal, scripts, slurm.json, Slurm logs); on a shared "
@@ -309,24 +301,10 @@ int run_submit(const Args& all_args) {
       ("mpi", po::value<std::string>()->default_value("pmix"), "srun --mpi plugin (pmix for Open MPI)")
       ("qforge", po::value<std::string>(), "qforge executable on the compute nodes (default: this executable)")
       ("print", po::bool_switch(), "print the script(s) and exit: nothing is written or submitted");
-  po::variables_map vm;
-  if (!parse_args(args, "submit", "--job-dir DIR [--nodes N --gpus-per-node G ...] -- <quantize options>", desc, vm)) {
-    return 0;
-  }
-  apply_common_options(vm);
-  if (!vm.count("job-dir")) throw InputError("--job-dir", "", "required");
-  if (dashes == all_args.end() || qargs.empty()) {
-    throw InputError("--", "",
-                     "the quantize options go after `--`: qforge submit --job-dir DIR [options] -- --model M --out O ...");
-  }
+}
 
-  SubmitOptions o;
-  const fs::path job_dir = absolute_dir(vm["job-dir"].as<std::string>());
-  o.job_dir = job_dir.string();
-  if (o.job_dir.find_first_of("\\\n\r") != std::string::npos) {
-    throw InputError("--job-dir", "", "a backslash or line break cannot be used in Slurm's --output path");
-  }
-  o.job_name = "qforge-" + job_dir.filename().string();
+// The allocation: nodes, ranks per node (GPUs or CPU tasks), CPUs per rank.
+void read_allocation(const po::variables_map& vm, SubmitOptions& o) {
   o.nodes = vm["nodes"].as<int>();
   if (o.nodes < 1) throw InputError("--nodes", "", "must be >= 1");
   if (vm.count("gpus-per-node") && vm.count("ntasks-per-node")) {
@@ -345,6 +323,10 @@ int run_submit(const Args& all_args) {
     o.cpus_per_task = vm["cpus-per-task"].as<int>();
     if (o.cpus_per_task < 1) throw InputError("--cpus-per-task", "", "must be >= 1");
   }
+}
+
+// Time limit, queue, requeue/chain/sweep and the launch: everything of the script but the allocation.
+void read_scheduling(const po::variables_map& vm, SubmitOptions& o) {
   o.time = vm["time"].as<std::string>();
   o.partition = vm["partition"].as<std::string>();
   o.account = vm["account"].as<std::string>();
@@ -372,8 +354,10 @@ int run_submit(const Args& all_args) {
     }
     o.sweep = parse_sweep(sweep_list);
   }
+}
 
-  // The quantize options: the job dir is submit's, and a sweep sets the bits and the output folder itself.
+// The quantize options: the job dir is submit's, and a sweep sets the bits and the output folder itself.
+void read_quantize_args(Args qargs, SubmitOptions& o) {
   for (const auto& a : qargs) {
     if (names_option(a, "job-dir")) {
       throw InputError("--job-dir", "", "give it to submit (before `--`), not among the quantize options");
@@ -392,58 +376,49 @@ int run_submit(const Args& all_args) {
     while (o.sweep_out.size() > 1 && o.sweep_out.back() == '/') o.sweep_out.pop_back();
   }
   o.quantize_args = qargs;
-  check_shared_filesystem(job_dir, o.nodes);
+}
 
-  // Validate exactly what each job will run, and its plan (config and safetensors headers only).
+// The preflight of exactly what each job will run (config and safetensors headers only), then the cache
+// disk all of them may need at once (array tasks may run at the same time).
+void preflight_jobs(const SubmitOptions& o, const fs::path& job_dir) {
   const int ranks = o.nodes * o.ntasks_per_node;
-  struct Check {
-    std::string label;
-    Args args;
-  };
-  std::vector<Check> checks;
+  std::vector<std::pair<std::string, Args>> checks;
   if (o.sweep.empty()) {
-    Args a = qargs;
+    Args a = o.quantize_args;
     a.insert(a.end(), {"--job-dir", o.job_dir});
-    checks.push_back({"", a});
-  } else {
-    for (const auto& s : o.sweep) {
-      Args a = qargs;
-      a.insert(a.end(), {"--out", o.sweep_out + "/" + s.name, "--job-dir", o.job_dir + "/" + s.name, "--wbits",
-                         std::to_string(s.wbits), "--abits", std::to_string(s.abits), "--group-size",
-                         std::to_string(s.group_size)});
-      checks.push_back({s.name + ": ", a});
-    }
+    checks.emplace_back("", a);
+  }
+  for (const auto& s : o.sweep) {
+    Args a = o.quantize_args;
+    a.insert(a.end(), {"--out", o.sweep_out + "/" + s.name, "--job-dir", o.job_dir + "/" + s.name, "--wbits",
+                       std::to_string(s.wbits), "--abits", std::to_string(s.abits), "--group-size", std::to_string(s.group_size)});
+    checks.emplace_back(s.name + ": ", a);
   }
   std::uint64_t cache_bytes = 0;
-  for (const auto& c : checks) {
-    const QuantizeSpec spec = parse_quantize_spec(c.args);
-    const partition::Plan plan = quantize_plan(spec, ranks);
-    std::cerr << "qforge submit: " << c.label << "plan for " << ranks << " ranks (" << o.nodes << " node"
+  for (const auto& [label, args] : checks) {
+    const partition::Plan plan = quantize_preflight(parse_quantize_spec(args), ranks);
+    std::cerr << "qforge submit: " << label << "plan for " << ranks << " ranks (" << o.nodes << " node"
               << (o.nodes == 1 ? "" : "s") << " x " << o.ntasks_per_node << "): " << plan.units.size()
               << " units, estimated peak memory per rank " << format_mib(plan.rank_peak_bytes) << ", activation cache on disk "
               << format_mib(plan.cache_disk_bytes) << "\n";
-    cache_bytes += plan.cache_disk_bytes;  // array tasks may run at the same time
+    cache_bytes += plan.cache_disk_bytes;
   }
   check_free_space(job_dir, cache_bytes);
+}
 
-  std::vector<std::string> scripts;
-  for (int i = 0; i < o.chain_length; ++i) {
-    SubmitOptions member = o;
-    member.chain_index = i;
-    scripts.push_back(render_sbatch(member));
-  }
-  const std::string kind = !o.sweep.empty() ? "array" : o.chain_length > 1 ? "chain" : "single";
-  if (vm["print"].as<bool>()) {
-    for (int i = 0; i < o.chain_length; ++i) {
-      if (o.chain_length > 1) {
-        std::cout << (i > 0 ? "\n" : "") << "# --- chain job " << i + 1 << "/" << o.chain_length
-                  << (i > 0 ? " (sbatch --dependency=afterany:<previous job>)" : " (sbatch)") << " ---\n";
-      }
-      std::cout << scripts[static_cast<std::size_t>(i)];
+void print_scripts(const std::vector<std::string>& scripts) {
+  const std::size_t n = scripts.size();
+  for (std::size_t i = 0; i < n; ++i) {
+    if (n > 1) {
+      std::cout << (i > 0 ? "\n" : "") << "# --- chain job " << i + 1 << "/" << n
+                << (i > 0 ? " (sbatch --dependency=afterany:<previous job>)" : " (sbatch)") << " ---\n";
     }
-    return 0;
+    std::cout << scripts[i];
   }
+}
 
+// Submits the scripts in chain order and records each submission in slurm.json (and each sweep setting's).
+void submit_all(const SubmitOptions& o, const fs::path& job_dir, const std::vector<std::string>& scripts) {
   check_slurm_config();
   fs::create_directories(job_dir);
   std::vector<fs::path> record_dirs = {job_dir};
@@ -452,18 +427,14 @@ int run_submit(const Args& all_args) {
     record_dirs.push_back(job_dir / s.name);
   }
   for (const auto& d : record_dirs) read_slurm_json(d);  // refuse a foreign slurm.json before queueing anything
+  const std::string kind = !o.sweep.empty() ? "array" : o.chain_length > 1 ? "chain" : "single";
   std::string previous;
   for (int i = 0; i < o.chain_length; ++i) {
     const std::string script_name = next_script_name(job_dir);
     const std::string dependency = previous.empty() ? "" : "afterany:" + previous;
     const std::string id = submit_script(job_dir, script_name, scripts[static_cast<std::size_t>(i)], dependency);
-    json record = {{"job_id", id},
-                   {"kind", kind},
-                   {"chain_index", i},
-                   {"chain_length", o.chain_length},
-                   {"array_size", static_cast<int>(o.sweep.size())},
-                   {"script", script_name},
-                   {"requeue", o.self_requeue()}};
+    json record = {{"job_id", id}, {"kind", kind}, {"chain_index", i}, {"chain_length", o.chain_length},
+                   {"array_size", static_cast<int>(o.sweep.size())}, {"script", script_name}, {"requeue", o.self_requeue()}};
     if (!dependency.empty()) record["dependency"] = dependency;
     append_submission(job_dir, record);
     for (std::size_t t = 0; t < o.sweep.size(); ++t) {
@@ -479,6 +450,50 @@ int run_submit(const Args& all_args) {
     std::cout << (o.self_requeue() ? ", requeues itself" : "") << "): " << (job_dir / script_name).string() << "\n";
     previous = id;
   }
+}
+
+}  // namespace
+
+int run_submit(const Args& all_args) {
+  // Everything after the first `--` is quantize options.
+  const auto dashes = std::find(all_args.begin(), all_args.end(), "--");
+  const Args args(all_args.begin(), dashes);
+  const Args qargs = dashes == all_args.end() ? Args() : Args(dashes + 1, all_args.end());
+  po::options_description desc("submit options");
+  add_submit_options(desc);
+  po::variables_map vm;
+  if (!parse_args(args, "submit", "--job-dir DIR [--nodes N --gpus-per-node G ...] -- <quantize options>", desc, vm)) {
+    return 0;
+  }
+  apply_common_options(vm);
+  if (!vm.count("job-dir")) throw InputError("--job-dir", "", "required");
+  if (dashes == all_args.end() || qargs.empty()) {
+    throw InputError("--", "",
+                     "the quantize options go after `--`: qforge submit --job-dir DIR [options] -- --model M --out O ...");
+  }
+  SubmitOptions o;
+  const fs::path job_dir = absolute_dir(vm["job-dir"].as<std::string>());
+  o.job_dir = job_dir.string();
+  if (o.job_dir.find_first_of("\\\n\r") != std::string::npos) {
+    throw InputError("--job-dir", "", "a backslash or line break cannot be used in Slurm's --output path");
+  }
+  o.job_name = "qforge-" + job_dir.filename().string();
+  read_allocation(vm, o);
+  read_scheduling(vm, o);
+  read_quantize_args(qargs, o);
+  check_shared_filesystem(job_dir, o.nodes);
+  preflight_jobs(o, job_dir);
+  std::vector<std::string> scripts;
+  for (int i = 0; i < o.chain_length; ++i) {
+    SubmitOptions member = o;
+    member.chain_index = i;
+    scripts.push_back(render_sbatch(member));
+  }
+  if (vm["print"].as<bool>()) {
+    print_scripts(scripts);
+    return 0;
+  }
+  submit_all(o, job_dir, scripts);
   return 0;
 }
 

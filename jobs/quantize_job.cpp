@@ -3,12 +3,14 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <unistd.h>
+
 #include <chrono>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <thread>
-#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "common/fault.h"
@@ -18,10 +20,9 @@
 #include "common/mpi_comm.h"
 #include "common/sha256.h"
 #include "common/signals.h"
-#include "worker/threads.h"
 #include "coordinator/assembly.h"
 #include "coordinator/coordinator.h"
-#include "common/progress.h"
+#include "jobs/job_summary.h"
 #include "partition/joint_selection.h"
 #include "partition/plan.h"
 #include "storage/activation_cache.h"
@@ -33,6 +34,7 @@
 #include "storage/tokenizer.h"
 #include "worker/engine_worker.h"
 #include "worker/llama_model.h"
+#include "worker/threads.h"
 
 namespace qforge::jobs {
 
@@ -94,9 +96,10 @@ worker::CalibOptions block_options(const QuantizeSpec& s, int b) {
 bool needs_data(const QuantizeSpec& s) { return s.method != worker::Method::kRtn; }
 
 // MRECG as the job runs it: enabled for calibrated methods with top-k > 0 and at least two blocks.
-coordinator::JointSpec joint_spec(const QuantizeSpec& s, const storage::LlamaConfig& cfg) {
+coordinator::JointSpec joint_spec(const QuantizeSpec& s) {
+  const storage::LlamaConfig& cfg = s.model_config;
   coordinator::JointSpec j;
-  const int L = cfg.num_hidden_layers;
+  const int L = static_cast<int>(cfg.num_hidden_layers);
   j.topk = s.joint_topk < 0 ? partition::default_joint_topk(L) : s.joint_topk;
   j.enabled = needs_data(s) && j.topk > 0 && L > 1;
   if (!j.enabled) return {};
@@ -105,20 +108,16 @@ coordinator::JointSpec joint_spec(const QuantizeSpec& s, const storage::LlamaCon
   j.probe_samples = std::min(s.probe_samples, s.calib.nsamples);
   j.probe_epochs = s.probe_epochs;
   if (!j.data_dependent) {
-    for (int b = 0; b < L; ++b) {
-      const auto ov = s.overrides.find(b);
-      const int bits = ov != s.overrides.end() && ov->second.bits ? ov->second.bits : s.wbits;
-      j.data_free_capacity.push_back(static_cast<double>(cfg.block_parameters()) * bits);
-    }
+    for (int b = 0; b < L; ++b) j.data_free_capacity.push_back(static_cast<double>(cfg.block_parameters()) * make_quant_config(s).weight_bits(b));
   }
   return j;
 }
 
 fs::path job_dir_of(const QuantizeSpec& s) { return s.job_dir.empty() ? s.out / ".qforge-job" : s.job_dir; }
 
-partition::PlanOptions plan_options(const QuantizeSpec& s, int ranks, const storage::LlamaConfig& cfg) {
+partition::PlanOptions plan_options(const QuantizeSpec& s, int ranks) {
   partition::PlanOptions o;
-  o.mode = partition::parse_engine_mode(s.mode);
+  o.mode = s.mode;
   o.ranks = ranks;
   o.team_size = s.team_size;
   o.nsamples = needs_data(s) ? s.calib.nsamples : 0;
@@ -127,18 +126,16 @@ partition::PlanOptions plan_options(const QuantizeSpec& s, int ranks, const stor
   o.epochs = s.recipe.epochs;
   o.trains = needs_data(s) && (s.recipe.let || s.recipe.lwc);
   o.aug_loss = s.recipe.aug_loss;
-  o.cache_bytes_per_value = storage::parse_cache_dtype(s.cache_dtype) == storage::CacheDType::kBF16 ? 2 : 4;
+  o.cache_bytes_per_value = s.cache_dtype == storage::CacheDType::kBF16 ? 2 : 4;
   o.affine_matrices = s.method == worker::Method::kAffineQuant && s.recipe.let;
   o.group_size = s.group_size;
-  const coordinator::JointSpec j = joint_spec(s, cfg);
+  const coordinator::JointSpec j = joint_spec(s);
   if (j.enabled && j.data_dependent && o.mode == partition::EngineMode::kSequential) o.probe_samples = j.probe_samples;
   return o;
 }
 
-partition::Plan build_plan(const QuantizeSpec& s, int ranks) {
-  const storage::LlamaConfig cfg = storage::read_llama_config(s.model);
-  const storage::CheckpointReader ckpt(s.model);
-  return partition::make_block_plan(worker::index_checkpoint(cfg, ckpt), plan_options(s, ranks, cfg));
+partition::ModelIndex model_index(const QuantizeSpec& s) {
+  return worker::index_checkpoint(s.model_config, storage::CheckpointReader(s.model));
 }
 
 // What makes two runs the same job. Paths are left out (a moved model or data file is the same job
@@ -163,8 +160,8 @@ json job_identity(const QuantizeSpec& s, const std::string& model_fp, const coor
                       {"batch_size", s.batch_size},
                       {"fp64_matrices", s.fp64_matrices},
                       {"compute_dtype", worker::compute_precision_name(s.compute)},
-                      {"cache_dtype", s.cache_dtype}}},
-          {"mode", s.mode},
+                      {"cache_dtype", storage::cache_dtype_name(s.cache_dtype)}}},
+          {"mode", partition::engine_mode_name(s.mode)},
           {"team_size", s.team_size},
           {"joint", joint.identity()}};
 }
@@ -192,20 +189,68 @@ at::Tensor calibration_ids(const QuantizeSpec& s) {
 // --dry-run with MRECG probes: the engine's probe (worker::probe_block) of every block, here in one
 // process on the FP stream of the probe samples, rounded at each boundary as the cache would.
 std::vector<double> dry_run_probe_values(const QuantizeSpec& s, const coordinator::JointSpec& j) {
+  if (!j.data_dependent) {
+    std::vector<double> v;
+    for (double c : j.data_free_capacity) v.push_back(-c);
+    return v;
+  }
   const at::Tensor ids = calibration_ids(s).slice(0, 0, j.probe_samples);
   const worker::LlamaModel model(s.model);
   const auto& cfg = model.config();
   const worker::RopeTables rope = model.rope(s.calib.seqlen);
-  const auto dtype = storage::parse_cache_dtype(s.cache_dtype);
   at::NoGradGuard no_grad;
-  at::Tensor x = storage::round_to_cache_dtype(model.embed(ids).to(at::kFloat).contiguous(), dtype);
+  at::Tensor x = storage::round_to_cache_dtype(model.embed(ids).to(at::kFloat).contiguous(), s.cache_dtype);
   std::vector<double> values;
   for (int b = 0; b < cfg.num_hidden_layers; ++b) {
     const worker::BlockWeights fp = worker::BlockWeights::load(model.checkpoint(), cfg, b, at::kFloat, at::kCPU);
     values.push_back(worker::probe_block(cfg, fp, x, block_options(s, b), s.probe_epochs, rope, "probe of block " + std::to_string(b)).normalized);
-    x = storage::round_to_cache_dtype(worker::block_forward(cfg, fp, x, rope), dtype);
+    x = storage::round_to_cache_dtype(worker::block_forward(cfg, fp, x, rope), s.cache_dtype);
   }
   return values;
+}
+
+// A folder this process must be able to create or write: the nearest existing ancestor must be a
+// writable directory (checked before anything is written, so a typo fails fast and leaves nothing).
+void check_writable_folder(const fs::path& path, const std::string& flag) {
+  fs::path p = fs::absolute(path);
+  while (!fs::exists(p) && p.has_parent_path() && p != p.parent_path()) p = p.parent_path();
+  if (!fs::is_directory(p)) throw InputError(flag, "", path.string() + ": " + p.string() + " is a file, not a folder");
+  if (access(p.c_str(), W_OK) != 0) throw InputError(flag, "", path.string() + ": " + p.string() + " is not writable");
+}
+
+// The preflight: every check that needs no compute, before anything is written. Returns the plan.
+partition::Plan preflight(const QuantizeSpec& s, int ranks) {
+  const storage::LlamaConfig& cfg = s.model_config;
+  if (cfg.quant) throw InputError((s.model / "config.json").string(), "quantization_config", "the model is already quantized");
+  for (const auto& [block, ov] : s.overrides) {
+    if (block < 0 || block >= cfg.num_hidden_layers) {
+      throw InputError("--block-override", "", "block " + std::to_string(block) + " does not exist (the model has " +
+                                                   std::to_string(cfg.num_hidden_layers) + " blocks)");
+    }
+  }
+  if (fs::exists(s.out) && fs::equivalent(s.out, s.model)) throw InputError("--out", "", "must differ from --model");
+  if (!s.export_format.empty()) {
+    const std::string why = storage::export_refusal(make_quant_config(s), storage::parse_export_format(s.export_format));
+    if (!why.empty()) throw InputError("--export", "", "cannot export " + s.export_format + ": " + why);
+    check_writable_folder(s.export_out, "--export-out");
+  }
+  if (s.heartbeat_timeout_s <= 0) throw InputError("--heartbeat-timeout", "", "must be positive");
+  check_writable_folder(s.out, "--out");
+  check_writable_folder(job_dir_of(s), "--job-dir");
+  return partition::make_block_plan(model_index(s), plan_options(s, ranks));  // batch vs team, memory, coverage
+}
+
+int print_dry_run(const QuantizeSpec& s, const partition::Plan& plan, int ranks) {
+  std::cout << partition::format_plan_report(plan);
+  const coordinator::JointSpec joint = joint_spec(s);
+  if (joint.enabled) {
+    const std::vector<double> values = dry_run_probe_values(s, joint);
+    const partition::JointSelection sel = partition::select_joint_units(values, joint.topk, joint.max_blocks);
+    std::cout << "\n" << partition::format_joint_report(values, sel, joint.data_dependent ? "probe" : "data-free", joint.topk, joint.max_blocks);
+    std::cout << "\njoint " << partition::format_plan_report(partition::make_plan(model_index(s), plan_options(s, ranks), sel.units));
+  }
+  std::cout << std::flush;
+  return kExitOk;
 }
 
 // This rank's compute device for --device (its local rank's GPU for cuda/auto), or nothing when some
@@ -225,11 +270,11 @@ std::optional<at::Device> rank_device(const QuantizeSpec& s, const MpiSession& m
 }
 
 // Rank 0: create or check the job directory. Returns what every rank needs to know.
-json prepare_job_dir(const QuantizeSpec& s, int ranks, int default_threads, const coordinator::JointSpec& joint) {
+json prepare_job_dir(const QuantizeSpec& s, const partition::Plan& plan, int default_threads) {
   const storage::JobLayout jd(job_dir_of(s));
   const std::string model_fp = storage::model_fingerprint(s.model);
   // "out" is where the job assembles its result (not part of the identity): `qforge export --job-dir` reads it.
-  json spec = {{"identity", job_identity(s, model_fp, joint)}, {"threads", s.threads > 0 ? s.threads : default_threads},
+  json spec = {{"identity", job_identity(s, model_fp, joint_spec(s))}, {"threads", s.threads > 0 ? s.threads : default_threads},
                {"out", fs::absolute(s.out).string()}};
   spec = storage::create_or_check_job_spec(jd, spec);
   int threads = spec.at("threads").get<int>();
@@ -248,7 +293,6 @@ json prepare_job_dir(const QuantizeSpec& s, int ranks, int default_threads, cons
     storage::write_token_file(jd.calibration_path(), flat);
     QF_LOG(Info) << "calibration: " << ids.size(0) << " x " << ids.size(1) << " tokens from " << s.calib.source;
   }
-  const partition::Plan plan = build_plan(s, ranks);
   write_file_atomic(jd.plan_path(), plan.to_json().dump(1) + "\n");
   const std::string job_id = random_id();
   write_file_atomic(jd.job_id_path(), job_id + "\n");
@@ -261,7 +305,7 @@ coordinator::AssemblySpec assembly_spec(const QuantizeSpec& s, const storage::Jo
   a.model = s.model;
   a.out = s.out;
   a.job = jd;
-  a.out_config = storage::read_llama_config(s.model);
+  a.out_config = s.model_config;
   a.out_config.quant = make_quant_config(s);
   a.model_dtype = storage::from_scalar_type(worker::parse_compute_dtype(a.out_config.torch_dtype));
   a.shard_bytes = s.shard_bytes;
@@ -273,174 +317,144 @@ coordinator::AssemblySpec assembly_spec(const QuantizeSpec& s, const storage::Jo
   return a;
 }
 
-}  // namespace
-
-int run_quantize_job(const QuantizeSpec& s) {
-  const auto t_start = std::chrono::steady_clock::now();
-  const storage::LlamaConfig cfg = storage::read_llama_config(s.model);
-  if (cfg.quant) throw InputError((s.model / "config.json").string(), "quantization_config", "the model is already quantized");
-  for (const auto& [block, ov] : s.overrides) {
-    if (block < 0 || block >= cfg.num_hidden_layers) {
-      throw InputError("--block-override", "", "block " + std::to_string(block) + " does not exist (the model has " +
-                                                   std::to_string(cfg.num_hidden_layers) + " blocks)");
-    }
-  }
-  if (fs::exists(s.out) && fs::equivalent(s.out, s.model)) throw InputError("--out", "", "must differ from --model");
-  storage::parse_cache_dtype(s.cache_dtype);
-  if (!s.export_format.empty()) {
-    const std::string why = storage::export_refusal(make_quant_config(s), storage::parse_export_format(s.export_format));
-    if (!why.empty()) throw InputError("--export", "", "cannot export " + s.export_format + ": " + why);
-  }
-  if (s.heartbeat_timeout_s <= 0) throw InputError("--heartbeat-timeout", "", "must be positive");
-
-  MpiSession mpi(nullptr, nullptr);
-  const int rank = mpi.world_rank(), ranks = mpi.world_size();
-  const coordinator::JointSpec joint = joint_spec(s, cfg);
-  if (s.dry_run) {
-    if (rank == 0) {
-      std::cout << partition::format_plan_report(build_plan(s, ranks));
-      if (joint.enabled) {
-        const std::vector<double> values = joint.data_dependent ? dry_run_probe_values(s, joint) : [&] {
-          std::vector<double> v;
-          for (double c : joint.data_free_capacity) v.push_back(-c);
-          return v;
-        }();
-        const partition::JointSelection sel = partition::select_joint_units(values, joint.topk, joint.max_blocks);
-        std::cout << "\n" << partition::format_joint_report(values, sel, joint.data_dependent ? "probe" : "data-free", joint.topk, joint.max_blocks);
-        const storage::CheckpointReader ckpt(s.model);
-        std::cout << "\njoint " << partition::format_plan_report(partition::make_plan(worker::index_checkpoint(cfg, ckpt), plan_options(s, ranks, cfg), sel.units));
-      }
-      std::cout << std::flush;
-    }
-    return kExitOk;
-  }
-  set_log_identity(ranks > 1 ? rank : -1, rank == 0 ? "coord+worker" : "worker");
-  // Team members log the same epoch lines as rank 0; at the default level only rank 0 speaks.
-  if (rank != 0 && log_level() == LogLevel::kInfo) set_log_level(LogLevel::kWarn);
-  configure_fault_injection(rank);
-  // Slurm's time-limit warning (USR1) and preemption (TERM) reach every rank; the coordinator on rank 0
-  // acts on them (checkpoint, journal, stop with kExitStopped), the other ranks just must not die.
-  install_stop_signal_handlers();
-  const MpiComm world = MpiComm::duplicate(MPI_COMM_WORLD);
-  const std::optional<at::Device> rank_dev = rank_device(s, mpi, world);
-  if (!rank_dev) {
-    if (rank == 0) throw InputError("--device", "", "'" + s.device + "' is not available on every rank (see the log)");
-    return kExitBadInput;
-  }
-  const at::Device device = *rank_dev;
-
-  // 1. Rank 0 prepares the job directory; everyone learns the outcome.
+// Rank 0 prepares the job directory; every rank learns the outcome (nullopt: rank 0 refused it, and
+// `*code` is the exit code).
+std::optional<json> prepare_everywhere(const QuantizeSpec& s, const partition::Plan& plan, const MpiSession& mpi,
+                                       const MpiComm& world, int* code) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int default_threads = std::getenv("QFORGE_THREADS") ? at::get_num_threads() : std::max(1, cores / mpi.local_size());
   json prep;
-  if (rank == 0) {
+  if (mpi.world_rank() == 0) {
     try {
-      prep = prepare_job_dir(s, ranks, default_threads, joint);
+      prep = prepare_job_dir(s, plan, default_threads);
     } catch (const Error& e) {
       world.broadcast(json{{"ok", false}, {"code", e.exit_code()}}.dump(), 0);
       throw;  // rank 0 reports it
     }
   }
   prep = json::parse(world.broadcast(prep.dump(), 0));
-  if (!prep.at("ok").get<bool>()) return prep.at("code").get<int>();
+  if (prep.at("ok").get<bool>()) return prep;
+  *code = prep.at("code").get<int>();
+  return std::nullopt;
+}
 
-  // 2. Every rank must see the same job directory (multi-node runs need it on a shared filesystem).
-  const storage::JobLayout jd(job_dir_of(s));
+// Every rank must see the same job directory (multi-node runs need it on a shared filesystem).
+bool same_job_dir_everywhere(const storage::JobLayout& jd, const std::string& job_id, const MpiComm& world) {
   std::string seen;
   try {
     seen = read_file(jd.job_id_path());
   } catch (const Error&) {
   }
-  {
-    int ok = seen == prep.at("job_id").get<std::string>() + "\n" ? 1 : 0, all_ok = 0;
-    QF_MPI_CHECK(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, world.get()));
-    if (!all_ok) {
-      const std::string msg = jd.root().string() + ": not every rank sees this job directory's job_id (rank " +
-                              std::to_string(rank) + (ok ? " does" : " does not") +
-                              "); multi-node runs need --job-dir on a filesystem shared by all nodes";
-      if (rank == 0 || !ok) {
-        QF_LOG(Error) << msg;
-      }
-      if (rank == 0) throw InputError("--job-dir", "", "not on a shared filesystem (see the log)");
-      return kExitBadInput;
-    }
+  int ok = seen == job_id + "\n" ? 1 : 0, all_ok = 0;
+  QF_MPI_CHECK(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, world.get()));
+  if (all_ok) return true;
+  if (world.rank() == 0 || !ok) {
+    QF_LOG(Error) << jd.root().string() << ": not every rank sees this job directory's job_id (rank " << world.rank()
+                  << (ok ? " does" : " does not") << "); multi-node runs need --job-dir on a filesystem shared by all nodes";
   }
+  if (world.rank() == 0) throw InputError("--job-dir", "", "not on a shared filesystem (see the log)");
+  return false;
+}
 
-  // 3. Pinned thread count, teams, engine settings (identical on every rank).
-  worker::configure_threads(prep.at("threads").get<int>());
-  const int team_size = prep.at("team_size").get<int>();
-  const MpiComm team = world.split(rank / team_size, rank);
+// Identical on every rank (all parse the same command line), except the device.
+worker::EngineSettings engine_settings(const QuantizeSpec& s, const json& prep, const at::Device& device) {
   worker::EngineSettings es;
   es.model = s.model;
-  es.job = jd;
+  es.job = storage::JobLayout(job_dir_of(s));
   es.model_fingerprint = prep.at("model_fingerprint").get<std::string>();
   es.job_fingerprint = prep.at("job_fingerprint").get<std::string>();
-  es.sequential = partition::parse_engine_mode(s.mode) == partition::EngineMode::kSequential;
-  es.team_size = team_size;
+  es.sequential = s.mode == partition::EngineMode::kSequential;
+  es.team_size = prep.at("team_size").get<int>();
   es.samples = s.calib.nsamples;
   es.seqlen = s.calib.seqlen;
   es.batch_size = s.batch_size;
-  es.cache_dtype = storage::parse_cache_dtype(s.cache_dtype);
+  es.cache_dtype = s.cache_dtype;
   es.needs_data = needs_data(s);
-  es.blocks = cfg.num_hidden_layers;
+  es.blocks = static_cast<int>(s.model_config.num_hidden_layers);
   es.probe_epochs = s.probe_epochs;
-  for (int b = 0; b < cfg.num_hidden_layers; ++b) es.block_options.push_back(block_options(s, b));
+  for (int b = 0; b < es.blocks; ++b) es.block_options.push_back(block_options(s, b));
   es.heartbeat_interval_s = std::min(5.0, s.heartbeat_timeout_s / 4);
   es.collective_timeout_s = 2 * s.heartbeat_timeout_s + 10;
   es.device = device;
-  if (rank == 0) {
-    QF_LOG(Info) << "quantize " << s.model.string() << " -> " << s.out.string() << ": " << worker::method_name(s.method)
-                 << " W" << s.wbits << "A" << s.abits << (s.group_size ? " g" + std::to_string(s.group_size) : "")
-                 << (s.faithful ? " faithful" : " deployable") << "; recipe " << s.recipe.describe();
-    const LauncherInfo launcher = detect_launcher();
-    QF_LOG(Info) << "job " << jd.root().string() << ": " << ranks << " rank" << (ranks > 1 ? "s" : "") << " ("
-                 << launcher_name(launcher.kind)
-                 << (launcher.slurm_job_id.empty() ? "" : ", Slurm job " + launcher.slurm_job_id) << "), "
-                 << s.mode << " mode, " << ranks / team_size << " team(s) of " << team_size << ", "
-                 << prep.at("threads").get<int>() << " compute thread(s) per rank; rank 0 computes on " << device.str()
-                 << " in " << worker::compute_precision_name(s.compute);
-    if (joint.enabled) {
-      QF_LOG(Info) << "MRECG joint reconstruction: top-" << joint.topk << " capacity drops, units of at most "
-                   << joint.max_blocks << " blocks, capacity "
-                   << (joint.data_dependent ? "from probes on " + std::to_string(joint.probe_samples) + " samples, " +
-                                                  std::to_string(s.probe_epochs) + " epoch(s)"
-                                            : std::string("data-free (parameters x bits)"));
-    }
-  }
+  return es;
+}
 
-  // 4. Rank 0: the coordinator thread. Every rank: the worker loop.
-  std::thread coord_thread;
+std::string describe(const QuantizeSpec& s) {
+  return std::string(worker::method_name(s.method)) + " W" + std::to_string(s.wbits) + "A" + std::to_string(s.abits) +
+         (s.group_size ? " g" + std::to_string(s.group_size) : "") + (s.faithful ? " faithful" : " deployable");
+}
+
+void log_job_start(const QuantizeSpec& s, const worker::EngineSettings& es, int ranks, int threads) {
+  QF_LOG(Info) << "quantize " << s.model.string() << " -> " << s.out.string() << ": " << describe(s) << "; recipe "
+               << s.recipe.describe();
+  const LauncherInfo launcher = detect_launcher();
+  QF_LOG(Info) << "job " << es.job.root().string() << ": " << ranks << " rank" << (ranks > 1 ? "s" : "") << " ("
+               << launcher_name(launcher.kind)
+               << (launcher.slurm_job_id.empty() ? "" : ", Slurm job " + launcher.slurm_job_id) << "), "
+               << partition::engine_mode_name(s.mode) << " mode, " << ranks / es.team_size << " team(s) of "
+               << es.team_size << ", " << threads << " compute thread(s) per rank; rank 0 computes on "
+               << es.device.str() << " in " << worker::compute_precision_name(s.compute);
+  const coordinator::JointSpec joint = joint_spec(s);
+  if (joint.enabled) {
+    QF_LOG(Info) << "MRECG joint reconstruction: top-" << joint.topk << " capacity drops, units of at most "
+                 << joint.max_blocks << " blocks, capacity "
+                 << (joint.data_dependent ? "from probes on " + std::to_string(joint.probe_samples) + " samples, " +
+                                                std::to_string(s.probe_epochs) + " epoch(s)"
+                                          : std::string("data-free (parameters x bits)"));
+  }
+}
+
+// Rank 0's coordinator thread, on the journal replayed into the plan rank 0 wrote (the input of
+// execution).
+struct CoordinatorThread {
+  std::thread thread;
   coordinator::CoordinatorOutcome outcome;
-  std::exception_ptr coord_error;
+  std::exception_ptr error;
   std::unique_ptr<storage::Journal> journal;
-  if (rank == 0) {
-    const storage::JournalReplay replay = storage::replay_journal(jd.journal_path());
-    if (replay.torn_tail) {
-      QF_LOG(Warn) << jd.journal_path().string() << ": dropping a torn last record (crash during append)";
-    }
-    // The plan rank 0 wrote is the input of execution.
-    coordinator::JobState state =
-        coordinator::JobState::from_plan(partition::Plan::from_json(json::parse(read_file(jd.plan_path()))), joint);
-    for (const auto& r : replay.records) state.apply(r);
+
+  void start(const QuantizeSpec& s, const worker::EngineSettings& es, const MpiComm& world) {
+    const storage::JobLayout& jd = es.job;
+    bool torn_tail = false;
+    coordinator::JobState state = coordinator::load_job_state(jd, joint_spec(s), &torn_tail);
+    if (torn_tail) QF_LOG(Warn) << jd.journal_path().string() << ": dropping a torn last record (crash during append)";
     journal = std::make_unique<storage::Journal>(jd.journal_path());
     coordinator::CoordinatorSettings cs;
     cs.job = jd;
-    cs.ranks = ranks;
-    cs.team_size = team_size;
+    cs.ranks = world.size();
+    cs.team_size = es.team_size;
     cs.needs_data = es.needs_data;
     cs.heartbeat_timeout_s = s.heartbeat_timeout_s;
     cs.keep_cache = s.keep_cache;
-    const coordinator::AssemblySpec aspec = assembly_spec(s, jd);
-    coord_thread = std::thread([&, cs, aspec, state]() mutable {
+    thread = std::thread([this, &world, cs, aspec = assembly_spec(s, jd), state]() mutable {
       try {
         coordinator::Coordinator c(cs, world, *journal, std::move(state),
                                    [&aspec](const coordinator::JobState& st) { coordinator::assemble_checkpoint(aspec, st); });
         outcome = c.run();
       } catch (...) {
-        coord_error = std::current_exception();
+        error = std::current_exception();
       }
     });
   }
+
+  // The coordinator's exit code; aborts every rank where finalizing could wait on a lost or stuck one.
+  int join() {
+    thread.join();
+    if (error) {
+      try {
+        std::rethrow_exception(error);
+      } catch (const Error& e) {
+        QF_LOG(Error) << "coordinator: " << e.what();
+        // Workers may still wait for work; the journal is intact, so ending every rank is safe.
+        MpiSession::abort(e.exit_code());
+      }
+    }
+    if (outcome.must_abort) MpiSession::abort(outcome.exit_code);
+    return outcome.exit_code;
+  }
+};
+
+// The worker loop of this rank; a rank that is not rank 0 returns its exit code here.
+int run_rank_worker(const worker::EngineSettings& es, const MpiComm& world, const MpiComm& team) {
   worker::WorkerExit wexit = worker::WorkerExit::kOk;
   try {
     wexit = worker::run_worker(es, world, team);
@@ -450,46 +464,71 @@ int run_quantize_job(const QuantizeSpec& s) {
     QF_LOG(Error) << "worker failed to start: " << e.what();
     MpiSession::abort(kExitInternal);
   }
-  if (rank != 0) {
-    if (wexit == worker::WorkerExit::kAborting) {
-      // Rank 0 ends the job with MPI_Abort; entering MPI_Finalize here would wait on the lost peer and
-      // race that abort inside the launcher. Wait to be ended (bounded, in case rank 0 is gone too).
-      std::this_thread::sleep_for(std::chrono::seconds(120));
-      std::_Exit(kExitWorkerLost);
-    }
-    return wexit == worker::WorkerExit::kOk ? kExitOk : wexit == worker::WorkerExit::kStopped ? kExitStopped : kExitInternal;
+  if (world.rank() != 0 && wexit == worker::WorkerExit::kAborting) {
+    // Rank 0 ends the job with MPI_Abort; entering MPI_Finalize here would wait on the lost peer and
+    // race that abort inside the launcher. Wait to be ended (bounded, in case rank 0 is gone too).
+    std::this_thread::sleep_for(std::chrono::seconds(120));
+    std::_Exit(kExitWorkerLost);
   }
+  return wexit == worker::WorkerExit::kOk ? kExitOk : wexit == worker::WorkerExit::kStopped ? kExitStopped : kExitInternal;
+}
 
-  coord_thread.join();
-  if (coord_error) {
-    try {
-      std::rethrow_exception(coord_error);
-    } catch (const Error& e) {
-      QF_LOG(Error) << "coordinator: " << e.what();
-      // Workers may still wait for work; the journal is intact, so ending every rank is safe.
-      MpiSession::abort(e.exit_code());
-    }
-  }
-  if (outcome.must_abort) MpiSession::abort(outcome.exit_code);  // MPI_Finalize could wait on a lost or stuck rank
-  if (outcome.exit_code != 0) return outcome.exit_code;
-  if (s.job_dir.empty()) {
-    journal.reset();
-    fs::remove_all(jd.root());
-  }
+// After success on rank 0: the default job directory goes, the export is written, the summary printed.
+void finish_job(const QuantizeSpec& s, const storage::JobLayout& jd, double seconds) {
+  if (s.job_dir.empty()) fs::remove_all(jd.root());
   if (!s.export_format.empty()) {
     const storage::ExportResult r =
         storage::export_checkpoint({s.out, s.export_out, storage::parse_export_format(s.export_format), s.shard_bytes});
     for (const auto& n : r.notes) QF_LOG(Warn) << n;
     QF_LOG(Info) << "exported " << s.export_out.string() << " (" << r.checkpoint_format << ")";
   }
-  QF_LOG(Info) << "wrote " << s.out.string() << " (" << worker::method_name(s.method) << " W" << s.wbits << "A" << s.abits
-               << (s.group_size ? " g" + std::to_string(s.group_size) : "") << ") in "
-               << format_duration(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
+  const JobSummary summary = summarize_output(s.out, s.model, describe(s), seconds);
+  std::cout << format_job_summary(summary, s.model, s.export_format.empty() ? fs::path() : s.export_out) << std::flush;
+}
+
+}  // namespace
+
+int run_quantize_job(const QuantizeSpec& s) {
+  const auto t_start = std::chrono::steady_clock::now();
+  MpiSession mpi(nullptr, nullptr);
+  const int rank = mpi.world_rank(), ranks = mpi.world_size();
+  const partition::Plan plan = preflight(s, ranks);
+  if (s.dry_run) return rank == 0 ? print_dry_run(s, plan, ranks) : kExitOk;
+  set_log_identity(ranks > 1 ? rank : -1, rank == 0 ? "coord+worker" : "worker");
+  // Team members log the same epoch lines as rank 0; at the default level only rank 0 speaks.
+  if (rank != 0 && log_level() == LogLevel::kInfo) set_log_level(LogLevel::kWarn);
+  configure_fault_injection(rank);
+  // Slurm's time-limit warning (USR1) and preemption (TERM) reach every rank; the coordinator on rank 0
+  // acts on them (checkpoint, journal, stop with kExitStopped), the other ranks just must not die.
+  install_stop_signal_handlers();
+  const MpiComm world = MpiComm::duplicate(MPI_COMM_WORLD);
+  const std::optional<at::Device> device = rank_device(s, mpi, world);
+  if (!device) {
+    if (rank == 0) throw InputError("--device", "", "'" + s.device + "' is not available on every rank (see the log)");
+    return kExitBadInput;
+  }
+  int refused = kExitOk;
+  const std::optional<json> prep = prepare_everywhere(s, plan, mpi, world, &refused);
+  if (!prep) return refused;
+  const storage::JobLayout jd(job_dir_of(s));
+  if (!same_job_dir_everywhere(jd, prep->at("job_id").get<std::string>(), world)) return kExitBadInput;
+
+  worker::configure_threads(prep->at("threads").get<int>());
+  const worker::EngineSettings es = engine_settings(s, *prep, *device);
+  const MpiComm team = world.split(rank / es.team_size, rank);
+  CoordinatorThread coord;
+  if (rank == 0) {
+    log_job_start(s, es, ranks, prep->at("threads").get<int>());
+    coord.start(s, es, world);
+  }
+  const int worker_code = run_rank_worker(es, world, team);
+  if (rank != 0) return worker_code;
+  if (const int code = coord.join(); code != kExitOk) return code;
+  coord.journal.reset();
+  finish_job(s, jd, std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
   return kExitOk;
 }
 
-// The plan the job would build for `ranks` ranks (block units; MRECG joint units are chosen at run time),
-// for `qforge submit` to check memory and cache disk before anything is queued.
-partition::Plan quantize_plan(const QuantizeSpec& s, int ranks) { return build_plan(s, ranks); }
+partition::Plan quantize_preflight(const QuantizeSpec& s, int ranks) { return preflight(s, ranks); }
 
 }  // namespace qforge::jobs

@@ -16,6 +16,8 @@
 
 #include "jobs/calib_data.h"
 #include "partition/plan.h"
+#include "storage/activation_cache.h"
+#include "storage/hf_config.h"
 #include "storage/quant_config.h"
 #include "worker/precision.h"
 #include "worker/recipes.h"
@@ -26,6 +28,7 @@ namespace fs = std::filesystem;
 
 struct QuantizeSpec {
   fs::path model;
+  storage::LlamaConfig model_config;  // the model's config.json, read once when the spec is parsed
   fs::path out;
   worker::Method method = worker::Method::kRtn;
   int wbits = 4;
@@ -44,9 +47,9 @@ struct QuantizeSpec {
   std::uint64_t shard_bytes = 0;
   // Engine
   fs::path job_dir;                  // empty: <out>/.qforge-job, removed after success
-  std::string mode = "sequential";   // sequential | independent
+  partition::EngineMode mode = partition::EngineMode::kSequential;
   int team_size = 0;                 // 0: all ranks (sequential) or 1 (independent)
-  std::string cache_dtype = "fp32";
+  storage::CacheDType cache_dtype = storage::CacheDType::kF32;
   double heartbeat_timeout_s = 60;
   bool keep_cache = false;
   bool dry_run = false;
@@ -64,10 +67,12 @@ struct QuantizeSpec {
 
 // Runs the whole job (or prints the plan with dry_run); throws InputError for bad input, InternalError
 // for failures. Returns the exit code (non-zero when the job stopped; the reason is already logged).
+// Every check that can be made before compute (the preflight: options against the model, the plan,
+// batch against team, paths writable, export compatibility) runs before anything is written.
 int run_quantize_job(const QuantizeSpec& spec);
 
-// The block plan of the job for `ranks` ranks (memory per rank, cache disk), built from config.json and
-// the safetensors headers only; throws InputError for impossible options (e.g. --batch-size < team).
-partition::Plan quantize_plan(const QuantizeSpec& spec, int ranks);
+// The preflight for `ranks` ranks, writing nothing; returns the block plan (memory per rank, cache disk)
+// built from config.json and the safetensors headers only. `qforge submit` runs it before queueing.
+partition::Plan quantize_preflight(const QuantizeSpec& spec, int ranks);
 
 }  // namespace qforge::jobs

@@ -114,6 +114,33 @@ TEST(Eval, ModelAgainstItselfHasZeroKlAndFullAgreement) {
   EXPECT_DOUBLE_EQ(got["top1"].get<double>(), 1.0);
 }
 
+// Several --model flags: one table on the same windows; each row is what the model alone scores, and a
+// missing second model is refused before the first is scored.
+TEST(Eval, SeveralModelsAreComparedInOneTable) {
+  const fs::path dir = test::shared_data() / "models/stories260K-hf";
+  const fs::path text = test::shared_data() / "tinystories/tinystories_sample.txt";
+  QF_REQUIRE_DATA(text);
+  const std::string data = " --data " + shell_quote(text.string()) + " --tokenizer " +
+                           shell_quote((test::shared_data() / "models/stories260K/tok512.bin").string()) + " --seqlen 128";
+  const json alone = qforge_eval_json("--model " + shell_quote(dir.string()) + data);
+  const std::string two = " --model " + shell_quote(dir.string()) + " --model " + shell_quote(dir.string()) + data;
+  auto r = test::run_command(test::qforge_binary() + " eval --log-level warn --json" + two);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json both = json::parse(r.output.substr(r.output.find('{')));
+  ASSERT_EQ(both["results"].size(), 2u) << both.dump();
+  for (const auto& row : both["results"]) {
+    EXPECT_EQ(row["model"], dir.string());
+    EXPECT_EQ(row["mean_nll"].get<double>(), alone["mean_nll"].get<double>());  // same windows, same model
+  }
+  r = test::run_command(test::qforge_binary() + " eval --log-level warn" + two);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("perplexity     mean NLL"), std::string::npos) << r.output;
+  r = test::run_command(test::qforge_binary() + " eval --log-level warn --model " + shell_quote(dir.string()) +
+                        " --model /nonexistent-model" + data);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("/nonexistent-model"), std::string::npos) << r.output;
+}
+
 TEST(Eval, TokenFileGivesSamePerplexityAsText) {
   const fs::path dir = test::shared_data() / "models/stories260K-hf";
   const fs::path text = test::shared_data() / "tinystories/tinystories_sample.txt";

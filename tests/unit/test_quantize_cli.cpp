@@ -204,6 +204,38 @@ TEST_F(QuantizeCli, AMissingGpuIsRefusedBeforeAnythingIsWritten) {
   EXPECT_FALSE(fs::exists(dir / "gpu"));
 }
 
+// The preflight: a plan the options make impossible, an export the quantization cannot express, or an
+// output under a file is refused (exit 2, naming the option) before the job directory or the output
+// exist, so the corrected command then runs instead of being refused as a different job.
+TEST_F(QuantizeCli, RefusedCommandsLeaveNothingAndTheCorrectedOneRunsAndSummarises) {
+  QF_REQUIRE_DATA(model / "model.safetensors");
+  const std::string calib = "--method omniquant --calib-data model:generate --nsamples 2 --calib-seqlen 32 --epochs 1 "
+                            "--joint-topk 0 --tokenizer " + shell_quote(tok.string());
+  const fs::path out = dir / "p";
+  auto r = quantize(out, calib + " --batch-size 4 --job-dir " + shell_quote((dir / "pj").string()));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--batch-size"), std::string::npos) << r.output;
+  r = quantize(out, calib + " --abits 8 --export gptq --job-dir " + shell_quote((dir / "pj").string()));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--export"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_FALSE(fs::exists(dir / "pj"));
+  write_file_atomic(dir / "a-file", "x");
+  r = quantize(dir / "a-file" / "out", "--method rtn");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--out"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("is a file"), std::string::npos) << r.output;
+
+  r = quantize(out, calib + " --batch-size 2 --job-dir " + shell_quote((dir / "pj").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // The end-of-run summary: what was written, the losses per unit, and what to run next.
+  for (const char* want : {"wrote ", "model.safetensors", "quantization.safetensors", "quantized linears:",
+                           "calibration loss per unit", "unit 4 (block 4)", "report: ", "next:", "qforge eval --model",
+                           "qforge export --model"}) {
+    EXPECT_NE(r.output.find(want), std::string::npos) << want << " missing from:\n" << r.output;
+  }
+}
+
 }  // namespace
 }  // namespace qforge
 
