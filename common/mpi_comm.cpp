@@ -54,6 +54,11 @@ MpiSession::~MpiSession() {
 void MpiSession::abort(int exit_code) {
   std::fflush(stderr);
   std::fflush(stdout);
+  // Alone there is no peer to take down: exit without MPI_Abort's banner (the error is already logged).
+  int size = 0, initialized = 0;
+  MPI_Initialized(&initialized);
+  if (initialized) MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (size <= 1) std::_Exit(exit_code);
   MPI_Abort(MPI_COMM_WORLD, exit_code);
   std::_Exit(exit_code);  // MPI_Abort does not return; this keeps [[noreturn]] honest
 }

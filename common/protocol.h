@@ -19,7 +19,7 @@
 //   3. worker -> coord  HEARTBEAT{rank, assignment, phase}   from the worker's heartbeat thread, every
 //                                                            heartbeat interval, whatever the compute thread
 //                                                            does (assignment 0: idle)
-//   4. worker -> coord  DONE{rank, assignment, ...}   or   FAILED{rank, assignment, reason}   per ASSIGN
+//   4. worker -> coord  DONE{rank, assignment, ...}   or   FAILED{rank, assignment, reason, exit_code}   per ASSIGN
 //   5. coord -> all     SHUTDOWN{ok, reason, abort, exit_code}   after assembly, or when the job must stop
 //
 // Stopping resumably (a stop signal: common/signals.h): coord -> team CHECKPOINT{assignment}; the
@@ -119,6 +119,7 @@ struct Failed {
   int rank = 0;
   std::int64_t assignment = 0;
   std::string reason;
+  int exit_code = 1;  // what the job exits with: 2 (kExitBadInput) when the input is at fault, else 1
 };
 
 struct Shutdown {

@@ -14,6 +14,7 @@
 #include "common/sha256.h"
 #include "coordinator/oscillation.h"
 #include "partition/model_index.h"
+#include "storage/output_folder.h"
 #include "storage/quant_config.h"
 #include "storage/safetensors.h"
 #include "storage/tokenizer.h"
@@ -82,7 +83,7 @@ void assemble_checkpoint(const AssemblySpec& a, const JobState& state) {
   }
   add_global("model.norm.weight");
   if (!cfg.tie_word_embeddings) add_global("lm_head.weight");
-  fs::create_directories(a.out);
+  storage::OutputFolder folder(a.out);  // from here until publish() the folder reads as incomplete
   storage::CheckpointWriter model_writer(a.out, specs, a.shard_bytes);
   model_writer.write([&](const storage::TensorSpec& spec) { return producers.at(spec.name)(); });
   fault_point("mid_assembly");
@@ -95,10 +96,6 @@ void assemble_checkpoint(const AssemblySpec& a, const JobState& state) {
   }
   storage::CheckpointWriter side_writer(a.out, side_specs, a.shard_bytes, a.sidecar_metadata, "quantization");
   side_writer.write([&](const storage::TensorSpec& spec) { return owner.at(spec.name)->load(spec.name); });
-  std::vector<std::string> written = model_writer.file_names();
-  for (const auto& f : side_writer.file_names()) written.push_back(f);
-  storage::remove_stale_shards(a.out, written);
-
   storage::write_llama_config(a.out, cfg);
   storage::copy_model_side_files(a.model, a.out);
   if (!a.tokenizer.empty() && storage::find_model_tokenizer(a.out).empty()) {
@@ -126,7 +123,7 @@ void assemble_checkpoint(const AssemblySpec& a, const JobState& state) {
   if (a.copy_calibration_tokens && fs::exists(a.job.calibration_path())) {
     write_file_atomic(a.out / "calibration.tok", read_file(a.job.calibration_path()));
   }
-  fsync_directory(a.out);
+  folder.publish();
   QF_LOG(Info) << "assembled " << a.out.string() << " from " << state.units() << " unit shards";
 }
 

@@ -409,7 +409,7 @@ struct Coordinator::Impl {
     record(rec);
     // With peers, some may be inside a collective with the failed rank that can never complete, and
     // MPI_Finalize would wait on it: the job is ended by MPI_Abort after this record, like a lost rank.
-    fail(kExitInternal, msg, s.ranks > 1);
+    fail(f.exit_code == kExitBadInput ? kExitBadInput : kExitInternal, msg, s.ranks > 1);
   }
 
   void handle(int from, const std::string& bytes) {

@@ -242,7 +242,16 @@ JobState load_job_state(const storage::JobLayout& job, const JointSpec& joint, b
   }
   JobState state = JobState::from_plan(partition::Plan::from_json(json::parse(read_file(job.plan_path()))), joint);
   const storage::JournalReplay replay = storage::replay_journal(job.journal_path());
-  for (const auto& r : replay.records) state.apply(r);
+  for (std::size_t i = 0; i < replay.records.size(); ++i) {
+    // A record that is well-formed JSON with an intact CRC but does not make sense (hand-edited, forged)
+    // is bad input, named by its position, not an internal error.
+    try {
+      state.apply(replay.records[i]);
+    } catch (const std::exception& e) {
+      throw InputError(job.journal_path().string(), "record " + std::to_string(i + 1),
+                       std::string("does not fit the job's plan and history: ") + e.what());
+    }
+  }
   if (torn_tail) *torn_tail = replay.torn_tail;
   return state;
 }

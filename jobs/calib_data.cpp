@@ -67,6 +67,13 @@ at::Tensor load_calibration(const CalibDataSpec& spec, const storage::Tokenizer*
     ids = tokenizer->encode(text, /*add_bos=*/true);
   }
   const auto len = static_cast<std::int64_t>(ids.size());
+  const std::int64_t vocab = model.config().vocab_size;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      throw InputError(path.string(), "token " + std::to_string(i), "id " + std::to_string(ids[i]) +
+                                                                       " outside the model's vocabulary 0.." + std::to_string(vocab - 1));
+    }
+  }
   if (len <= spec.seqlen) {
     throw InputError(path.string(), "", "only " + std::to_string(len) + " tokens; calibration windows of " +
                                             std::to_string(spec.seqlen) + " need more");

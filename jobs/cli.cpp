@@ -1,6 +1,7 @@
 #include "jobs/cli.h"
 
 #include <cmath>
+#include <cstdio>
 #include <iostream>
 
 #include "common/error.h"
@@ -8,6 +9,16 @@
 #include "worker/threads.h"
 
 namespace qforge::jobs {
+
+namespace {
+
+std::string format_number(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", v);
+  return b;
+}
+
+}  // namespace
 
 void add_common_options(po::options_description& desc) {
   desc.add_options()
@@ -32,7 +43,24 @@ bool parse_args(const Args& args, const std::string& command, const std::string&
 
 void apply_common_options(const po::variables_map& vm) {
   set_log_level(parse_log_level(vm["log-level"].as<std::string>()));
-  worker::configure_threads(vm["threads"].as<int>());
+  worker::configure_threads(static_cast<int>(count_at_least(vm, "threads", 0)));
+}
+
+double number_in(const po::variables_map& vm, const std::string& flag, double lo, double hi, bool lo_open) {
+  const double v = vm[flag].as<double>();
+  if (!std::isfinite(v) || v < lo || (lo_open && v == lo) || v > hi) {
+    std::string range = std::string(lo_open ? "(" : "[") + format_number(lo) + ", " + format_number(hi) + "]";
+    if (std::isinf(hi)) range = lo_open ? "> " + format_number(lo) : ">= " + format_number(lo);
+    throw InputError("--" + flag, "", "'" + format_number(v) + "' is not a finite number " + range);
+  }
+  return v;
+}
+
+std::int64_t count_at_least(const po::variables_map& vm, const std::string& flag, std::int64_t lo) {
+  const po::variable_value& x = vm[flag];
+  const std::int64_t v = x.value().type() == typeid(int) ? x.as<int>() : x.as<std::int64_t>();
+  if (v < lo) throw InputError("--" + flag, "", "must be >= " + std::to_string(lo) + " (got " + std::to_string(v) + ")");
+  return v;
 }
 
 std::uint64_t parse_size(const std::string& text, const std::string& option) {

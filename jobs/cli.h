@@ -23,6 +23,12 @@ bool parse_args(const Args& args, const std::string& command, const std::string&
 // Applies --threads and --log-level.
 void apply_common_options(const po::variables_map& vm);
 
+// The value of a numeric option, refused (InputError naming `flag`, exit 2) unless finite and within
+// [lo, hi]; `lo_open`: lo itself excluded. Every numeric option passes through one of these, so its valid
+// range is written once, where it is read.
+double number_in(const po::variables_map& vm, const std::string& flag, double lo, double hi, bool lo_open = false);
+std::int64_t count_at_least(const po::variables_map& vm, const std::string& flag, std::int64_t lo);
+
 // "2GB", "500MiB", "1.5G", "4096" -> bytes (decimal units KB/MB/GB/TB, binary KiB/MiB/GiB/TiB).
 std::uint64_t parse_size(const std::string& text, const std::string& option);
 

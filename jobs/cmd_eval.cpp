@@ -48,9 +48,9 @@ EvalWindows load_windows(const po::variables_map& vm, const fs::path& first_mode
   if (!fs::exists(spec.path)) throw InputError(spec.path.string(), "", "data file not found");
   spec.format = vm.count("data-format") ? storage::parse_data_format(vm["data-format"].as<std::string>())
                                         : storage::guess_data_format(spec.path);
-  spec.c4_samples = vm["c4-samples"].as<std::int64_t>();
+  spec.c4_samples = count_at_least(vm, "c4-samples", 1);
   spec.seed = vm["seed"].as<std::uint64_t>();
-  spec.max_windows = vm["max-windows"].as<std::int64_t>();
+  spec.max_windows = count_at_least(vm, "max-windows", 0);
   if (spec.format != storage::DataFormat::kTokens) {
     fs::path tok_path = vm.count("tokenizer") ? fs::path(vm["tokenizer"].as<std::string>()) : storage::find_model_tokenizer(first_model);
     if (tok_path.empty()) {
@@ -80,6 +80,10 @@ nlohmann::ordered_json score_model(const fs::path& dir, const worker::ModelOptio
   const worker::LlamaModel model(dir, mopt);
   QF_LOG(Info) << "eval " << dir.string() << ": " << data.windows.size(0) << " windows of " << seqlen << " tokens";
   const worker::WindowScores s = worker::score_windows(model, data.windows, reference, sopt);
+  if (!std::isfinite(s.mean_nll()) || (reference && !std::isfinite(s.sum_kl))) {
+    throw InternalError(dir.string() + ": the mean NLL" + (reference ? std::string(" or KL") : std::string()) +
+                        " is not finite (the logits overflow in this --dtype, or the model is damaged)");
+  }
   nlohmann::ordered_json out;
   out["model"] = dir.string();
   out["ppl"] = std::exp(s.mean_nll());
@@ -135,8 +139,7 @@ int run_eval(const Args& args) {
   mopt.device = worker::parse_device(vm["device"].as<std::string>());
   worker::ScoringOptions sopt;
   sopt.memory_budget_bytes = parse_size(vm["memory-budget"].as<std::string>(), "--memory-budget");
-  sopt.batch_windows = vm["batch"].as<std::int64_t>();
-  if (sopt.batch_windows < 0) throw InputError("--batch", "", "must be 0 (automatic) or a number of windows");
+  sopt.batch_windows = count_at_least(vm, "batch", 0);  // 0: automatic
 
   // Every model is checked before any is scored: a typo in the last one fails in seconds, not after hours.
   std::vector<fs::path> models;
@@ -147,12 +150,20 @@ int run_eval(const Args& args) {
     worker::index_checkpoint(configs.back(), *worker::open_model_checkpoint(m, configs.back()));  // headers: shapes, sizes
   }
   EvalDataSpec spec;
-  spec.seqlen = vm["seqlen"].as<std::int64_t>();
+  spec.seqlen = count_at_least(vm, "seqlen", 0);
   if (spec.seqlen == 0) spec.seqlen = std::min<std::int64_t>(2048, configs.front().max_position_embeddings);
   for (std::size_t i = 0; i < models.size(); ++i) check_model_fits(models[i], configs[i], spec, nullptr);
   std::unique_ptr<storage::Tokenizer> tokenizer;
   const EvalWindows data = load_windows(vm, models.front(), spec, tokenizer);
-  for (std::size_t i = 0; i < models.size(); ++i) check_model_fits(models[i], configs[i], spec, tokenizer.get());
+  const std::int64_t lowest = data.windows.min().item<std::int64_t>(), highest = data.windows.max().item<std::int64_t>();
+  for (std::size_t i = 0; i < models.size(); ++i) {
+    check_model_fits(models[i], configs[i], spec, tokenizer.get());
+    if (lowest < 0 || highest >= configs[i].vocab_size) {
+      throw InputError(spec.path.string(), "", "token ids " + std::to_string(lowest) + ".." + std::to_string(highest) +
+                                                   " do not fit the vocabulary of " + models[i].string() + " (" +
+                                                   std::to_string(configs[i].vocab_size) + " tokens)");
+    }
+  }
   std::unique_ptr<worker::LlamaModel> reference;
   if (vm.count("reference")) reference = std::make_unique<worker::LlamaModel>(vm["reference"].as<std::string>(), mopt);
 

@@ -10,6 +10,7 @@
 #include "jobs/cli.h"
 #include "storage/export.h"
 #include "storage/job_layout.h"
+#include "storage/output_folder.h"
 
 namespace qforge::jobs {
 
@@ -38,6 +39,7 @@ int run_export(const Args& args) {
     o.model = vm["model"].as<std::string>();
   }
   o.out = vm["out"].as<std::string>();
+  storage::OutputFolder::check_target(o.out, "--out");
   o.format = storage::parse_export_format(vm["format"].as<std::string>());
   o.shard_bytes = parse_size(vm["shard-size"].as<std::string>(), "--shard-size");
   const storage::ExportResult r = storage::export_checkpoint(o);

@@ -1,6 +1,7 @@
 // qforge quantize: RTN, OmniQuant or AffineQuant block reconstruction, single process.
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <optional>
 #include <regex>
 
@@ -128,14 +129,14 @@ void read_quantization(const po::variables_map& vm, QuantizeSpec& s) {
 void read_calibration(const po::variables_map& vm, QuantizeSpec& s) {
   s.calib.source = vm["calib-data"].as<std::string>();
   s.calib.format = vm["calib-format"].as<std::string>();
-  s.calib.nsamples = vm["nsamples"].as<std::int64_t>();
+  s.calib.nsamples = count_at_least(vm, "nsamples", 1);
   s.calib.seed = vm["seed"].as<std::uint64_t>();
   s.tokenizer = vm["tokenizer"].as<std::string>();
   s.batch_size = vm["batch-size"].as<std::int64_t>();
   if (s.batch_size < 1) throw InputError("--batch-size", "", "must be >= 1");
   s.fp64_matrices = vm["fp64-matrices"].as<bool>();
   s.compute = worker::parse_compute_precision(vm["compute-dtype"].as<std::string>());
-  s.calib.seqlen = vm["calib-seqlen"].as<std::int64_t>();
+  s.calib.seqlen = count_at_least(vm, "calib-seqlen", 0);
   if (s.calib.seqlen == 0) s.calib.seqlen = std::min<std::int64_t>(2048, s.model_config.max_position_embeddings);
   if (s.method != worker::Method::kRtn && s.calib.source.empty()) {
     throw InputError("--calib-data", "", "required for " + vm["method"].as<std::string>() +
@@ -150,10 +151,11 @@ void read_recipe(const po::variables_map& vm, QuantizeSpec& s) {
   if (vm.count("let")) s.recipe.let = vm["let"].as<bool>();
   if (vm.count("lwc")) s.recipe.lwc = vm["lwc"].as<bool>();
   if (vm.count("aug-loss")) s.recipe.aug_loss = vm["aug-loss"].as<bool>();
-  if (vm.count("let-lr")) s.recipe.let_lr = vm["let-lr"].as<double>();
-  if (vm.count("lwc-lr")) s.recipe.lwc_lr = vm["lwc-lr"].as<double>();
-  if (vm.count("alpha")) s.recipe.alpha = vm["alpha"].as<double>();
-  if (vm.count("sf")) s.recipe.stability_factor = vm["sf"].as<double>();
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  if (vm.count("let-lr")) s.recipe.let_lr = number_in(vm, "let-lr", 0, 1, true);
+  if (vm.count("lwc-lr")) s.recipe.lwc_lr = number_in(vm, "lwc-lr", 0, 1, true);
+  if (vm.count("alpha")) s.recipe.alpha = number_in(vm, "alpha", 0, 1);
+  if (vm.count("sf")) s.recipe.stability_factor = number_in(vm, "sf", 0, kInf, true);
   if (vm.count("ln-matrix")) {
     s.recipe.ln_matrix = vm["ln-matrix"].as<bool>();
     if (s.recipe.ln_matrix && !s.faithful) {
@@ -176,7 +178,7 @@ void read_engine(const po::variables_map& vm, QuantizeSpec& s) {
   s.team_size = vm["team-size"].as<int>();
   if (s.team_size < 0) throw InputError("--team-size", "", "must be >= 0");
   s.cache_dtype = storage::parse_cache_dtype(vm["cache-dtype"].as<std::string>());
-  s.heartbeat_timeout_s = vm["heartbeat-timeout"].as<double>();
+  s.heartbeat_timeout_s = number_in(vm, "heartbeat-timeout", 0, std::numeric_limits<double>::infinity(), true);
   s.keep_cache = vm["keep-cache"].as<bool>();
   s.dry_run = vm["dry-run"].as<bool>();
   s.threads = vm["threads"].as<int>();

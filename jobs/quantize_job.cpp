@@ -28,7 +28,9 @@
 #include "storage/activation_cache.h"
 #include "storage/export.h"
 #include "storage/job_layout.h"
+#include "storage/job_lock.h"
 #include "storage/journal.h"
+#include "storage/output_folder.h"
 #include "storage/safetensors.h"
 #include "storage/token_file.h"
 #include "storage/tokenizer.h"
@@ -237,6 +239,8 @@ partition::Plan preflight(const QuantizeSpec& s, int ranks) {
   if (s.heartbeat_timeout_s <= 0) throw InputError("--heartbeat-timeout", "", "must be positive");
   check_writable_folder(s.out, "--out");
   check_writable_folder(job_dir_of(s), "--job-dir");
+  storage::OutputFolder::check_target(s.out, "--out", {job_dir_of(s)});
+  if (!s.export_format.empty()) storage::OutputFolder::check_target(s.export_out, "--export-out");
   return partition::make_block_plan(model_index(s), plan_options(s, ranks));  // batch vs team, memory, coverage
 }
 
@@ -317,15 +321,16 @@ coordinator::AssemblySpec assembly_spec(const QuantizeSpec& s, const storage::Jo
   return a;
 }
 
-// Rank 0 prepares the job directory; every rank learns the outcome (nullopt: rank 0 refused it, and
-// `*code` is the exit code).
+// Rank 0 claims the job directory (`*lock`) and prepares it; every rank learns the outcome (nullopt:
+// rank 0 refused it, and `*code` is the exit code).
 std::optional<json> prepare_everywhere(const QuantizeSpec& s, const partition::Plan& plan, const MpiSession& mpi,
-                                       const MpiComm& world, int* code) {
+                                       const MpiComm& world, std::unique_ptr<storage::JobLock>* lock, int* code) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int default_threads = std::getenv("QFORGE_THREADS") ? at::get_num_threads() : std::max(1, cores / mpi.local_size());
   json prep;
   if (mpi.world_rank() == 0) {
     try {
+      *lock = std::make_unique<storage::JobLock>(storage::JobLayout(job_dir_of(s)));  // held for the job's life
       prep = prepare_job_dir(s, plan, default_threads);
     } catch (const Error& e) {
       world.broadcast(json{{"ok", false}, {"code", e.exit_code()}}.dump(), 0);
@@ -508,7 +513,8 @@ int run_quantize_job(const QuantizeSpec& s) {
     return kExitBadInput;
   }
   int refused = kExitOk;
-  const std::optional<json> prep = prepare_everywhere(s, plan, mpi, world, &refused);
+  std::unique_ptr<storage::JobLock> lock;
+  const std::optional<json> prep = prepare_everywhere(s, plan, mpi, world, &lock, &refused);
   if (!prep) return refused;
   const storage::JobLayout jd(job_dir_of(s));
   if (!same_job_dir_everywhere(jd, prep->at("job_id").get<std::string>(), world)) return kExitBadInput;

@@ -21,7 +21,7 @@ namespace qforge::storage {
 namespace {
 
 constexpr const char* kFormatName = "qforge-activations";
-constexpr std::int64_t kFormatVersion = 1;
+constexpr std::int64_t kFormatVersion = 2;  // 2: every chunk (one sample's row) carries a Fletcher-32 checksum
 constexpr const char* kActivations = "activations";
 constexpr const char* kSampleIds = "sample_ids";
 constexpr const char* kBf16Tag = "bfloat16";  // /activations "dtype" attribute for bf16 bits
@@ -359,6 +359,9 @@ std::uint64_t write_activation_slice(const fs::path& path, const ActivationSlice
       H5Handle space(QF_H5(wa, H5Screate_simple, 3, dims, max_dims));
       H5Handle dcpl(QF_H5(wa, H5Pcreate, H5P_DATASET_CREATE));
       QF_H5(wa, H5Pset_chunk, dcpl.get(), 3, chunk);
+      // HDF5 checks each chunk's checksum on every read: a flipped bit in the cache is a refused file, never
+      // a silently different model.
+      QF_H5(wa, H5Pset_fletcher32, dcpl.get());
       QF_H5(wa, H5Pset_fill_time, dcpl.get(), H5D_FILL_TIME_NEVER);  // every chunk is written in full
       const bool f32 = meta.dtype == CacheDType::kF32;
       H5Handle dset(QF_H5(wa, H5Dcreate2, fid.get(), kActivations, f32 ? H5T_IEEE_F32LE : H5T_STD_U16LE, space.get(),

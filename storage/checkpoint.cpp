@@ -2,12 +2,13 @@
 // Headers are built from TensorSpecs before any tensor exists, so a shard can be streamed one tensor
 // at a time: the writer never needs more than the tensor it is currently writing.
 #include <ATen/ATen.h>
+
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cstdio>
 #include <limits>
-#include <regex>
 #include <set>
 
 #include "common/error.h"
@@ -290,11 +291,24 @@ const TensorInfo& CheckpointReader::info(const std::string& name) const {
   return shards_[it->second]->info(name);
 }
 
+// A model's weights must be finite: one Inf or NaN makes every loss and probe downstream meaningless.
+// Checked as each tensor is loaded (the bytes are in cache then), never as a separate pass.
+// The extrema are finite exactly when every element is (min and max propagate NaN), and finding them
+// allocates nothing the size of the tensor.
+static at::Tensor check_finite(at::Tensor t, const fs::path& file, const std::string& name) {
+  if (!at::isFloatingType(t.scalar_type()) || t.numel() == 0) return t;
+  const auto [lo, hi] = at::aminmax(t);
+  if (!std::isfinite(lo.item<double>()) || !std::isfinite(hi.item<double>())) {
+    throw InputError(file.string(), name, "holds non-finite values (NaN or Inf); the checkpoint is damaged");
+  }
+  return t;
+}
+
 at::Tensor CheckpointReader::load(const std::string& name) const {
   if (auto d = derived_.find(name); d != derived_.end()) return d->second.make();
   auto it = where_.find(name);
   if (it == where_.end()) throw InputError(source_.string(), name, "missing tensor in checkpoint");
-  return shards_[it->second]->load(name);
+  return check_finite(shards_[it->second]->load(name), shards_[it->second]->path(), name);
 }
 
 void CheckpointReader::add_derived(TensorInfo info, std::function<at::Tensor()> make, const std::vector<std::string>& replaces) {
@@ -311,10 +325,12 @@ void CheckpointReader::add_derived(TensorInfo info, std::function<at::Tensor()> 
 }
 
 at::Tensor CheckpointReader::load_stored(const std::string& name) const {
-  if (auto it = replaced_.find(name); it != replaced_.end()) return shards_[it->second]->load(name);
+  if (auto it = replaced_.find(name); it != replaced_.end()) {
+    return check_finite(shards_[it->second]->load(name), shards_[it->second]->path(), name);
+  }
   auto it = where_.find(name);
   if (it == where_.end()) throw InputError(source_.string(), name, "missing tensor in checkpoint");
-  return shards_[it->second]->load(name);
+  return check_finite(shards_[it->second]->load(name), shards_[it->second]->path(), name);
 }
 
 std::vector<std::string> CheckpointReader::shard_names() const {
@@ -346,15 +362,6 @@ const std::map<std::string, std::string>& CheckpointReader::metadata() const {
 }  // namespace qforge::storage
 
 namespace qforge::storage {
-
-void remove_stale_shards(const fs::path& dir, const std::vector<std::string>& written) {
-  static const std::regex ours(R"(^(model|quantization)(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$)");
-  const std::set<std::string> keep(written.begin(), written.end());
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    const std::string name = entry.path().filename().string();
-    if (std::regex_match(name, ours) && !keep.count(name)) fs::remove(entry.path());
-  }
-}
 
 void copy_model_side_files(const fs::path& from, const fs::path& to, const std::vector<std::string>& extra) {
   std::vector<std::string> files = {"tokenizer.model", "tokenizer.bin", "tokenizer.json", "tokenizer_config.json",

@@ -11,6 +11,7 @@
 #include "common/strings.h"
 #include "common/file_util.h"
 #include "common/log.h"
+#include "storage/output_folder.h"
 #include "storage/quant_pack.h"
 
 namespace qforge::storage {
@@ -105,6 +106,7 @@ ExportFormat parse_export_format(const std::string& name) {
 }
 
 ExportResult export_checkpoint(const ExportOptions& o) {
+  verify_output_folder(o.model);
   const LlamaConfig cfg = read_llama_config(o.model);
   const std::string where = (o.model / "config.json").string();
   if (!cfg.quant || !cfg.quant->format.empty()) {
@@ -196,7 +198,7 @@ ExportResult export_checkpoint(const ExportOptions& o) {
       }
     }
   }
-  fs::create_directories(o.out);
+  OutputFolder folder(o.out);  // incomplete until publish(); nothing of an earlier export survives
   CheckpointWriter writer(o.out, specs, o.shard_bytes);
   writer.write([&](const TensorSpec& spec) { return producers.at(spec.name)(); });
 
@@ -211,8 +213,7 @@ ExportResult export_checkpoint(const ExportOptions& o) {
   }
   write_file_atomic(o.out / "config.json", config.dump(2) + "\n");
   copy_model_side_files(o.model, o.out, {"calibration.tok"});
-  remove_stale_shards(o.out, writer.file_names());
-  fsync_directory(o.out);
+  folder.publish();
   return result;
 }
 

@@ -1,5 +1,7 @@
 #include "storage/hf_config.h"
 
+#include "storage/output_folder.h"
+
 #include <set>
 
 #include "common/error.h"
@@ -174,6 +176,7 @@ LlamaConfig parse_llama_config(const json& j, const std::string& where) {
 }
 
 LlamaConfig read_llama_config(const fs::path& model_dir_or_file) {
+  if (fs::is_directory(model_dir_or_file)) check_not_mid_write(model_dir_or_file);
   fs::path path = fs::is_directory(model_dir_or_file) ? model_dir_or_file / "config.json" : model_dir_or_file;
   if (!fs::exists(path)) {
     throw InputError(path.string(), "", fs::exists(model_dir_or_file) ? "missing config.json in the model folder"

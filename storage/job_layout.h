@@ -33,6 +33,7 @@ class JobLayout {
   fs::path plan_path() const { return root_ / "plan.json"; }
   fs::path calibration_path() const { return root_ / "calibration.tok"; }
   fs::path journal_path() const { return root_ / "journal.log"; }
+  fs::path lock_path() const { return root_ / "lock"; }  // storage/job_lock.h: the running job's claim
   fs::path units_dir() const { return root_ / "units"; }
   fs::path cache_dir() const { return root_ / "cache"; }
   fs::path unit_shard(int unit) const { return units_dir() / unit_shard_name(unit); }

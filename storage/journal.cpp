@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 
@@ -152,8 +153,26 @@ Journal::~Journal() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+namespace {
+
+// JSON has no NaN or Inf (nlohmann writes null), and a null where a number belongs breaks every later
+// replay: such a record is refused before it is written, naming the field.
+void check_finite_numbers(const json& j, const std::string& where) {
+  if (j.is_number_float() && !std::isfinite(j.get<double>())) {
+    throw InternalError("journal record field " + where + " is not a finite number (" + j.dump() + ")");
+  }
+  if (j.is_object()) {
+    for (const auto& [k, v] : j.items()) check_finite_numbers(v, where.empty() ? k : where + "." + k);
+  } else if (j.is_array()) {
+    for (std::size_t i = 0; i < j.size(); ++i) check_finite_numbers(j[i], where + "[" + std::to_string(i) + "]");
+  }
+}
+
+}  // namespace
+
 void Journal::append(json record) {
   if (!record.is_object()) throw InternalError(path_.string() + ": journal record must be a JSON object");
+  check_finite_numbers(record, "");
   if (!record.contains("v")) record["v"] = kJournalVersion;
   QF_CHECK(record["v"] == kJournalVersion, path_.string() + ": journal record with version " + record["v"].dump());
   record["v"] = kJournalVersion;  // 1.0 compares equal but would be written as a float

@@ -254,6 +254,8 @@ std::unique_ptr<Tokenizer> parse_llama2c_tokenizer(const std::string& bytes, con
     float score = read_f32(bytes, offset);
     std::int32_t len = read_i32(bytes, offset + 4);
     offset += 8;
+    // run.c would silently never merge a NaN-scored pair; a damaged score table is refused instead.
+    if (!std::isfinite(score)) throw InputError(source, where, "non-finite merge score (the file is damaged)");
     if (len < 0 || len > max_len) {
       throw InputError(source, where,
                        "byte length " + std::to_string(len) + " outside 0..max_token_length " + std::to_string(max_len));

@@ -160,17 +160,14 @@ void write_safetensors(const fs::path& path, const std::vector<std::pair<std::st
 // max_shard_bytes == 0 means one shard. Returns, per shard, indices into specs.
 std::vector<std::vector<std::size_t>> plan_shards(const std::vector<TensorSpec>& specs, std::uint64_t max_shard_bytes);
 
+// Output folders (quantize assembly, export; storage/output_folder.h): copies the non-weight files that
+// travel with a model (tokenizer, generation config; `extra` names more) from `from` to `to`.
+void copy_model_side_files(const fs::path& from, const fs::path& to, const std::vector<std::string>& extra = {});
+
 // Streams a (possibly sharded) checkpoint into `dir`: shard layout and headers are fixed from the
 // specs first, then `produce` is called once per spec, in shard order, and each returned tensor
 // (must match the spec's dtype and shape) is written and dropped. Peak memory is one tensor.
 // With one shard the file is model.safetensors and no index is written. Every file is atomic.
-// Output folders (quantize assembly, export): removes `model*` / `quantization*` shards and indexes in
-// `dir` that `written` does not list (an earlier run may have left another shard layout, whose files
-// would shadow or contradict the new ones), and copies the non-weight files that travel with a model
-// (tokenizer, generation config; `extra` names more) from `from` to `to`.
-void remove_stale_shards(const fs::path& dir, const std::vector<std::string>& written);
-void copy_model_side_files(const fs::path& from, const fs::path& to, const std::vector<std::string>& extra = {});
-
 class CheckpointWriter {
  public:
   using Producer = std::function<at::Tensor(const TensorSpec&)>;

@@ -377,6 +377,10 @@ ProbeResult probe_block(const storage::LlamaConfig& c, const BlockWeights& fp, c
   ProbeResult p;
   p.loss = r.final_loss;
   p.energy = y.pow(2).mean().item<double>();
+  if (!std::isfinite(p.loss) || !std::isfinite(p.energy)) {
+    throw InternalError(label + ": non-finite reconstruction loss (" + std::to_string(p.loss) + ") or output energy (" +
+                        std::to_string(p.energy) + "); the block's FP output overflows or the recipe diverges");
+  }
   p.normalized = p.energy > 0 ? p.loss / p.energy : 0.0;
   p.epoch_loss = r.epoch_loss;
   return p;

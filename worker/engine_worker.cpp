@@ -134,9 +134,12 @@ class Worker {
       } catch (const JobAborted& e) {
         QF_LOG(Warn) << e.what();
         return e.abort ? WorkerExit::kAborting : WorkerExit::kFailed;
+      } catch (const Error& e) {
+        QF_LOG(Error) << "assignment " << a->id << " (" << protocol::kind_name(a->work) << ") failed: " << e.what();
+        send(protocol::Failed{control_.rank(), a->id, e.what(), e.exit_code()});
       } catch (const std::exception& e) {
         QF_LOG(Error) << "assignment " << a->id << " (" << protocol::kind_name(a->work) << ") failed: " << e.what();
-        send(protocol::Failed{control_.rank(), a->id, e.what()});
+        send(protocol::Failed{control_.rank(), a->id, e.what(), kExitInternal});
       }
     }
   }

@@ -6,6 +6,7 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 
 #include "common/error.h"
+#include "storage/output_folder.h"
 
 namespace qforge::worker {
 
@@ -50,6 +51,7 @@ partition::ModelIndex index_checkpoint(const storage::LlamaConfig& config, const
 }
 
 std::unique_ptr<storage::CheckpointReader> open_model_checkpoint(const fs::path& model_dir, const storage::LlamaConfig& config) {
+  storage::verify_output_folder(model_dir);  // a qforge output must be complete and all its own
   auto ckpt = std::make_unique<storage::CheckpointReader>(model_dir);
   storage::install_dequantizing_view(*ckpt, config);  // exported GPTQ/compressed-tensors folders
   return ckpt;

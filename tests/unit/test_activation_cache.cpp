@@ -4,6 +4,9 @@
 // temporary left behind).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include <ATen/ATen.h>
 #include <hdf5.h>
 
@@ -91,6 +94,24 @@ TEST_F(ActivationCache, Fp32RoundTripIsExact) {
   EXPECT_EQ(info.meta.total_samples, 16);
   const at::Tensor back = read_activation_rows({file}, test_meta(), ids);
   EXPECT_TRUE(at::equal(back, x));
+}
+
+// Issue 18, case 5: one flipped bit in a slice's data used to give a silently different model. Every
+// sample's chunk carries a checksum; the damaged row is refused naming the file, the others still read.
+TEST_F(ActivationCache, AFlippedBitInTheDataIsRefusedNamingTheFile) {
+  const std::vector<std::int64_t> ids = {4, 5};
+  at::Tensor x = at::full({2, kT, kH}, 1234.5f);
+  x[1].fill_(-2.25f);
+  const fs::path file = dir / "b3.q.r0.h5";
+  write_activation_slice(file, test_meta(), ids, x);
+  std::string bytes = read_bytes(file);
+  const float marker = 1234.5f;
+  const std::size_t at = bytes.find(std::string(reinterpret_cast<const char*>(&marker), 4));
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + 1] ^= 0x01;  // a value of sample 4 changes by about 1e-4: plausible, and wrong
+  write_bytes(file, bytes);
+  expect_input_error([&] { read_activation_rows({file}, test_meta(), {4}); }, {file.string(), "checksum"});
+  EXPECT_TRUE(at::equal(read_activation_rows({file}, test_meta(), {5}), x.slice(0, 1, 2)));
 }
 
 TEST_F(ActivationCache, Bf16RoundTripEqualsRounding) {
@@ -216,7 +237,11 @@ TEST_F(ActivationCache, OneChunkPerSample) {
   EXPECT_EQ(chunk[0], 1u);
   EXPECT_EQ(chunk[1], static_cast<hsize_t>(kT));
   EXPECT_EQ(chunk[2], static_cast<hsize_t>(kH));
-  EXPECT_EQ(H5Pget_nfilters(dcpl), 0);  // no compression
+  // The checksum and nothing else (no compression).
+  ASSERT_EQ(H5Pget_nfilters(dcpl), 1);
+  unsigned flags = 0;
+  std::size_t nelmts = 0;
+  EXPECT_EQ(H5Pget_filter2(dcpl, 0, &flags, &nelmts, nullptr, 0, nullptr, nullptr), H5Z_FILTER_FLETCHER32);
   H5Pclose(dcpl);
   H5Dclose(dset);
   H5Fclose(fid);

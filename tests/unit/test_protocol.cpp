@@ -117,9 +117,10 @@ TEST(Protocol, DoneFailedShutdownAndCheckpointMatchTheirFixtures) {
   probe.probed_block = 0;
   EXPECT_EQ(std::get<p::Done>(p::decode(p::encode(probe), 0)).probed_block, 0);
 
-  const auto f = round_trip(R"({"v":4,"type":"failed","rank":1,"assignment":11,"reason":"out of memory"})",
-                            p::Failed{1, 11, "out of memory"});
-  EXPECT_EQ(f.reason, "out of memory");
+  const auto f = round_trip(R"({"v":4,"type":"failed","rank":1,"assignment":11,"reason":"bad weight","exit_code":2})",
+                            p::Failed{1, 11, "bad weight", 2});
+  EXPECT_EQ(f.reason, "bad weight");
+  EXPECT_EQ(f.exit_code, 2);
   const auto sd = round_trip(R"({"v":4,"type":"shutdown","ok":false,"reason":"lost rank 2","abort":true,"exit_code":5})",
                              p::Shutdown{false, "lost rank 2", true, 5});
   EXPECT_TRUE(sd.abort);
@@ -144,7 +145,7 @@ TEST(Protocol, OtherVersionsUnknownTypesAndIncompleteMessagesAreRefusedNamingThe
             std::string::npos);
   EXPECT_NE(refusal(R"({"v":4,"type":"assign","id":1,"ranks":[0],"work":{"kind":"nap"}})").find("unknown work kind 'nap'"),
             std::string::npos);
-  EXPECT_NE(refusal(R"({"v":4,"type":"failed","rank":"one","assignment":1,"reason":"x"})").find("rank 7"),
+  EXPECT_NE(refusal(R"({"v":4,"type":"failed","rank":"one","assignment":1,"reason":"x","exit_code":1})").find("rank 7"),
             std::string::npos);
 }
 

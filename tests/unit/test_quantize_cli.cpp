@@ -154,6 +154,14 @@ TEST_F(QuantizeCli, StatusIgnoresAJobCompleteBeforeEveryUnitIsDone) {
   }
   st = status();
   EXPECT_TRUE(st["complete"].get<bool>()) << st.dump();
+  // A record that names a unit outside the plan (CRC intact, content forged) is bad input, by position.
+  {
+    storage::Journal journal(job / "journal.log");
+    journal.append(unit_done(7));
+  }
+  auto r = test::run_command(test::qforge_binary() + " status --job-dir " + shell_quote(job.string()));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("journal.log: record 7"), std::string::npos) << r.output;
 }
 
 TEST_F(QuantizeCli, ConfigFileKeysWithCommandLineOverrides) {
