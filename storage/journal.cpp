@@ -98,10 +98,13 @@ std::uint32_t crc32(const void* data, std::size_t size) {
 }
 
 JournalReplay replay_journal(const fs::path& path) {
-  JournalReplay out;
   std::error_code ec;
-  if (!fs::exists(path, ec)) return out;
-  const std::string text = read_file(path);
+  if (!fs::exists(path, ec)) return {};
+  return parse_journal(read_file(path), path.string());
+}
+
+JournalReplay parse_journal(const std::string& text, const std::string& source) {
+  JournalReplay out;
   std::size_t pos = 0;
   for (std::size_t line_no = 1; pos < text.size(); ++line_no) {
     const std::size_t nl = text.find('\n', pos);
@@ -114,14 +117,14 @@ JournalReplay replay_journal(const fs::path& path) {
       break;
     }
     LineCheck check = check_line(text.substr(pos, nl - pos));
-    if (!check.corrupt.empty()) throw InputError(path.string(), where, check.corrupt);
+    if (!check.corrupt.empty()) throw InputError(source, where, check.corrupt);
     if (!check.torn.empty()) {
       if (last) {
         out.torn_tail = true;
         break;
       }
       // An append is one write of a whole line, so only the last line can be damaged by a crash.
-      throw InputError(path.string(), where,
+      throw InputError(source, where,
                        check.torn + " and more bytes follow: the journal is corrupt (not a torn append)");
     }
     out.records.push_back(std::move(check.record));

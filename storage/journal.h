@@ -42,6 +42,9 @@ struct JournalReplay {
 // version "v", is corruption: InputError naming the file and the line number (1-based).
 // A missing file gives no records.
 JournalReplay replay_journal(const fs::path& path);
+// The same for the bytes of a journal (`source` names them in errors): the parser alone, no file I/O
+// (fuzz/fuzz_journal.cpp drives it).
+JournalReplay parse_journal(const std::string& text, const std::string& source);
 
 class Journal {
  public:

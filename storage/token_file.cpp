@@ -37,9 +37,9 @@ bool is_token_file(const fs::path& path) {
   return std::memcmp(head, kMagic, sizeof kMagic) == 0;
 }
 
-std::vector<std::int32_t> read_token_file(const fs::path& path) {
-  const std::string source = path.string();
-  const std::string bytes = read_file(path);
+std::vector<std::int32_t> read_token_file(const fs::path& path) { return parse_token_file(read_file(path), path.string()); }
+
+std::vector<std::int32_t> parse_token_file(const std::string& bytes, const std::string& source) {
   if (bytes.size() < kHeaderBytes) {
     throw InputError(source, "header", "file is " + std::to_string(bytes.size()) + " bytes, shorter than the " +
                                            std::to_string(kHeaderBytes) + "-byte token-file header");

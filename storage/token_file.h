@@ -23,6 +23,9 @@ bool is_token_file(const fs::path& path);
 // InputError naming the file and field for a bad magic, version, id width or size.
 std::vector<std::int32_t> read_token_file(const fs::path& path);
 // Atomic write.
+// The same for a token file's bytes (`source` names them in errors): the parser alone, no file I/O
+// (fuzz/fuzz_token_file.cpp drives it).
+std::vector<std::int32_t> parse_token_file(const std::string& bytes, const std::string& source);
 void write_token_file(const fs::path& path, const std::vector<std::int32_t>& ids);
 
 }  // namespace qforge::storage
