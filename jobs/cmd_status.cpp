@@ -245,7 +245,7 @@ int run_status(const Args& args) {
     }
   }
   if (!st["units_ready"].get<bool>()) {
-    std::cout << "MRECG: " << st.value("blocks_probed", 0) << " block(s) probed; the units are chosen once every block is\n";
+    std::cout << "MRECG: " << st.value("blocks_probed", 0) << " block(s) probed; the units are chosen once every block is probed\n";
   }
   std::cout << "progress: " << done << "/" << total << " units done";
   if (!st["complete"].get<bool>() && done > 0 && done < total) {
