@@ -116,12 +116,12 @@ std::string format_job_summary(const JobSummary& s, const fs::path& model, const
   if (!s.units.empty()) os << "calibration loss per unit (unit-output MSE, before -> after):\n";
   for (const auto& u : s.units) {
     std::snprintf(line, sizeof line, "  %-22s %.4g -> %.4g%s\n", u.label.c_str(), u.initial, u.final,
-                  u.worse() ? "   WARNING: worse than before calibration" : "");
+                  u.worse() ? "   WARNING: more than 1% worse than before calibration" : "");
     os << line;
   }
   const auto worse = std::count_if(s.units.begin(), s.units.end(), [](const UnitLoss& u) { return u.worse(); });
   if (worse > 0) {
-    os << "WARNING: " << worse << " unit(s) ended with a higher loss than they started with; try a lower "
+    os << "WARNING: " << worse << " unit(s) ended more than 1% above the loss they started with; try a lower "
        << "learning rate (--let-lr/--lwc-lr) or more calibration data\n";
   }
   if (s.has_calibration_nll) {

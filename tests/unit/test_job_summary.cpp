@@ -20,6 +20,7 @@ TEST(JobSummary, UnitsAreLabelledByTheirBlocksAndAWorseUnitIsFlagged) {
   EXPECT_EQ(units[1].label, "unit 1 (blocks 1-3)");
   EXPECT_FALSE(units[0].worse());
   EXPECT_TRUE(units[1].worse());
+  EXPECT_FALSE((jobs::UnitLoss{"u", 1.0, 1.005}.worse()));  // within 1%: noise, not a warning
 
   jobs::JobSummary s;
   s.out = "/o";
@@ -35,7 +36,7 @@ TEST(JobSummary, UnitsAreLabelledByTheirBlocksAndAWorseUnitIsFlagged) {
   EXPECT_NE(text.find("3.0 MiB"), std::string::npos) << text;
   EXPECT_NE(text.find("1.0 MiB packed vs 8.0 MiB in the input (8.00x smaller)"), std::string::npos) << text;
   EXPECT_NE(text.find("2 -> 1\n"), std::string::npos) << text;
-  EXPECT_NE(text.find("1 -> 1.5   WARNING: worse than before calibration"), std::string::npos) << text;
+  EXPECT_NE(text.find("1 -> 1.5   WARNING: more than 1% worse than before calibration"), std::string::npos) << text;
   EXPECT_NE(text.find("WARNING: 1 unit(s)"), std::string::npos) << text;
   EXPECT_NE(text.find("qforge eval --model /o --reference /m --data DATA"), std::string::npos) << text;
   EXPECT_NE(text.find("qforge export --model /o --format gptq --out /o-gptq"), std::string::npos) << text;
