@@ -48,6 +48,7 @@ JobState JobState::from_plan(const partition::Plan& plan, JointSpec joint) {
     blocks += u.num_blocks;
   }
   JobState st(blocks, plan.options.mode == partition::EngineMode::kSequential, plan.options.nsamples, std::move(joint));
+  st.teams_ = plan.teams;
   if (!st.joint_.enabled) {
     st.units_.clear();
     for (const auto& u : plan.units) st.units_.emplace_back(u.first_block, u.num_blocks);

@@ -67,6 +67,8 @@ class JobState {
   const std::vector<std::pair<int, int>>& unit_list() const { return units_; }
   int blocks() const { return blocks_; }
   const JointSpec& joint() const { return joint_; }
+  // Teams of the plan the state was built from (1 for a state built without one).
+  int teams() const { return teams_; }
   bool sequential() const { return sequential_; }
   // MRECG probes: blocks not yet probed (empty when no probes are needed), and per block the value the
   // selection ranks (probe: normalised loss ℓ_b; data-free: -capacity, so a capacity drop is a rise).
@@ -125,6 +127,7 @@ class JobState {
   void apply_selection(const nlohmann::json& r);
 
   int blocks_;
+  int teams_ = 1;
   bool sequential_;
   std::int64_t samples_;
   JointSpec joint_;

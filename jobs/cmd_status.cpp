@@ -115,7 +115,6 @@ json collect_status(const storage::JobLayout& jd) {
   const json spec = json::parse(read_file(jd.spec_path()));
   bool torn_tail = false;
   const coordinator::JobState st = coordinator::load_job_state(jd, &torn_tail);
-  const int teams = json::parse(read_file(jd.plan_path())).value("teams", 1);
   json out = {{"job_dir", jd.root().string()}, {"fingerprint", spec.value("fingerprint", "")},
               {"mode", spec["identity"].value("mode", "")}, {"starts", st.starts()}, {"complete", st.complete()},
               {"last_error", st.last_error().empty() ? json() : json(st.last_error())}, {"torn_tail", torn_tail}};
@@ -146,7 +145,7 @@ json collect_status(const storage::JobLayout& jd) {
   }
   add_rank_figures(st, out);
   const int done = st.done_count();
-  out["eta_seconds"] = done > 0 && done < units ? done_seconds / done * (units - done) / std::max(1, teams) : 0.0;
+  out["eta_seconds"] = done > 0 && done < units ? done_seconds / done * (units - done) / std::max(1, st.teams()) : 0.0;
   out["journal_span_seconds"] = st.last_time() - st.first_time();
   return out;
 }

@@ -9,7 +9,7 @@
 #                QFORGE_BUNDLE_MAX_MIB  size limit of the bundle (default 30; exit 2 above it)
 #                QFORGE_BUNDLE_NO_DATA=1  skip the data staging
 #                QFORGE_BUNDLE_NO_VERIFY=1  skip the self-test
-#                QFORGE_BUNDLE_REAL_CURL=1  bundle HDF5's real libcurl/libcrypto chain instead of the stubs
+#                QFORGE_BUNDLE_REAL_CURL=1  bundle HDF5's real libcurl chain instead of the shim
 #
 # Why: the device machine (Ubuntu-like image, Python 3.12 with torch 2.11.0+cu130 and its nvidia-* wheels,
 # no Debian Open MPI/HDF5/Boost/SentencePiece, no network) cannot build or install qforge's dependencies.
@@ -23,10 +23,10 @@
 #   lib/      the libraries (named by SONAME): Open MPI 4.1 (libmpi, open-rte, open-pal, common), PMIx 4.2,
 #             hwloc, libevent, libudev, munge, HDF5 1.10 (+ szip/aec, zlib), Boost.Program_options,
 #             libsentencepiece + qforge's libqforge_spm.so (dlopen'ed from <exe>/../lib), OpenSSL's
-#             libcrypto (qforge's SHA-256), and a stub (libqforge_nocurl.so; libqforge_nocrypto.so too for
-#             a build that does not need libcrypto itself) that replaces HDF5's libcurl: HDF5 uses it only in
-#             its read-only-S3 driver (ros3), which qforge never opens; the real curl chain (gnutls, krb5,
-#             ldap, ssh2...) is ~15 MiB and would not fit.
+#             libcrypto (qforge's SHA-256; HDF5 uses it too), and libqforge_nocurl.so, a small shim built
+#             here that replaces HDF5's libcurl: HDF5 calls curl only in its read-only-S3 driver (ros3),
+#             which qforge never opens, and the real curl chain (gnutls, krb5, ldap, ssh2...) is ~15 MiB
+#             and would not fit.
 #   lib/openmpi3/  Open MPI's MCA plugins (all that need nothing beyond the libraries above: no UCX,
 #             libfabric, verbs, PSM, netlink or OpenSHMEM ones) = OPAL_PKGLIBDIR
 #   lib/pmix/ PMIx's plugins = PMIX_PKGLIBDIR
@@ -137,7 +137,7 @@ is_torch_name() {
 use_stubs=1
 [ "${QFORGE_BUNDLE_REAL_CURL:-0}" = 1 ] && use_stubs=0
 if [ $use_stubs = 1 ] && ! command -v cc >/dev/null; then
-  say "NOTE: no C compiler for the libcurl/libcrypto stubs: bundling the real chain"; use_stubs=0
+  say "NOTE: no C compiler for the libcurl shim: bundling the real chain"; use_stubs=0
 fi
 
 # ---------------------------------------------------------------- dependency closure
@@ -155,13 +155,9 @@ learn() {  # ldd an object and remember where each soname resolves
   done < <(ldd "$1" 2>/dev/null || true)
 }
 needed() { readelf -d "$1" 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
-# qforge itself takes SHA-256 from libcrypto (common/sha256.cpp): then the real one is bundled (4.5 MiB, it
-# needs only libc) and HDF5 uses it too; only a build without that dependency gets the stub.
-stub_crypto=1
-for obj in "${bins[@]%%|*}" $optional_unit; do
-  case " $(needed "$obj" | tr '\n' ' ') " in *" libcrypto.so.3 "*) stub_crypto=0 ;; esac
-done
-stubbed() { [ $use_stubs = 1 ] && { [ "$1" = libcurl.so.4 ] || { [ "$1" = libcrypto.so.3 ] && [ $stub_crypto = 1 ]; }; }; }
+# qforge links libcrypto itself (common/sha256.cpp), so the real one is bundled (4.5 MiB, needing only libc);
+# only HDF5's libcurl is replaced by the shim.
+stubbed() { [ $use_stubs = 1 ] && [ "$1" = libcurl.so.4 ]; }
 close_over() {  # object: add its NEEDED libraries (recursively) to want
   local obj=$1 n p
   [ -n "${done_obj[$obj]:-}" ] && return 0
@@ -223,7 +219,7 @@ cp -L "$pmix_root"/share/pmix/* "$out/share/pmix/" 2>/dev/null || true
 : > "$out/etc/openmpi-default-hostfile"
 printf 'gds = hash\n' > "$out/etc/pmix-mca-params.conf"
 
-# HDF5's libcurl/libcrypto stubs (see the header). Every curl_*/OpenSSL symbol HDF5 imports must be defined.
+# HDF5's libcurl shim (see the header). Every curl_* symbol HDF5 imports must be defined.
 if [ $use_stubs = 1 ]; then
   hdf5=$(for n in "${!want[@]}"; do case $n in libhdf5*) echo "$n";; esac; done | head -1)
   [ -n "$hdf5" ] || die "no libhdf5 among the libraries?"
@@ -240,41 +236,21 @@ void curl_easy_cleanup(void *h) { (void)h; }
 void *curl_slist_append(void *l, const char *s) { (void)l; (void)s; return NULL; }
 void curl_slist_free_all(void *l) { (void)l; }
 EOF
-  cat > "$tmp/nocrypto.c" <<'EOF'
-/* Stands in for OpenSSL's libcrypto in qforge's device bundle: HDF5 uses it only to sign S3 requests. */
-#include <stddef.h>
-const void *EVP_sha256(void) { return NULL; }
-unsigned char *HMAC(const void *md, const void *key, int key_len, const unsigned char *d, size_t n,
-                    unsigned char *out, unsigned int *out_len) {
-  (void)md; (void)key; (void)key_len; (void)d; (void)n; (void)out; if (out_len) *out_len = 0; return NULL; }
-unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md) { (void)d; (void)n; (void)md; return NULL; }
-EOF
   echo 'CURL_OPENSSL_4 { global: curl_*; local: *; };' > "$tmp/nocurl.map"
-  echo 'OPENSSL_3.0.0 { global: EVP_sha256; HMAC; SHA256; local: *; };' > "$tmp/nocrypto.map"
   cc -shared -fPIC -O2 -Wl,-soname,libqforge_nocurl.so -Wl,--version-script="$tmp/nocurl.map" \
     -o "$out/lib/libqforge_nocurl.so" "$tmp/nocurl.c"
-  cc -shared -fPIC -O2 -Wl,-soname,libqforge_nocrypto.so -Wl,--version-script="$tmp/nocrypto.map" \
-    -o "$out/lib/libqforge_nocrypto.so" "$tmp/nocrypto.c"
-  pairs=("libcurl.so.4:libqforge_nocurl.so:CURL_OPENSSL_4")
-  if [ $stub_crypto = 1 ]; then pairs+=("libcrypto.so.3:libqforge_nocrypto.so:OPENSSL_3.0.0")
-  else rm -f "$out/lib/libqforge_nocrypto.so"; fi
-  for pair in "${pairs[@]}"; do
-    IFS=: read -r real stub ver <<<"$pair"
-    case " $(needed "$out/lib/$hdf5" | tr '\n' ' ') " in *" $real "*) ;; *) continue ;; esac
-    # every symbol HDF5 takes from the real library (by version) must be in the stub
-    have=" $(objdump -T "$out/lib/$stub" | awk '{print $NF}' | tr '\n' ' ') "
-    missing=$(objdump -T "$out/lib/$hdf5" | awk -v v="($ver)" '$0 ~ /\*UND\*/ && index($0, v) {print $NF}' | while read -r s; do
+  if case " $(needed "$out/lib/$hdf5" | tr '\n' ' ') " in *" libcurl.so.4 "*) true ;; *) false ;; esac; then
+    # every symbol HDF5 takes from libcurl (by version) must be in the shim
+    have=" $(objdump -T "$out/lib/libqforge_nocurl.so" | awk '{print $NF}' | tr '\n' ' ') "
+    missing=$(objdump -T "$out/lib/$hdf5" | awk '$0 ~ /\*UND\*/ && index($0, "(CURL_OPENSSL_4)") {print $NF}' | while read -r s; do
       case "$have" in *" $s "*) ;; *) echo "$s" ;; esac; done)
-    [ -z "$missing" ] || die "stub $stub lacks $missing (HDF5 changed?): rerun with QFORGE_BUNDLE_REAL_CURL=1"
-    patchelf --replace-needed "$real" "$stub" "$out/lib/$hdf5"
-  done
+    [ -z "$missing" ] || die "the libcurl shim lacks $missing (HDF5 changed?): rerun with QFORGE_BUNDLE_REAL_CURL=1"
+    patchelf --replace-needed libcurl.so.4 libqforge_nocurl.so "$out/lib/$hdf5"
+  fi
   rm -rf "$tmp"
-  # nothing else may still need them
+  # nothing else may still need it
   for f in "$out"/lib/*.so*; do
     case " $(needed "$f" | tr '\n' ' ') " in *" libcurl.so.4 "*) die "$(basename "$f") still needs libcurl" ;; esac
-    if [ $stub_crypto = 1 ]; then
-      case " $(needed "$f" | tr '\n' ' ') " in *" libcrypto.so.3 "*) die "$(basename "$f") still needs libcrypto" ;; esac
-    fi
   done
 fi
 
@@ -351,7 +327,7 @@ mapfile -t elves < <(find "$out/bin" "$out/lib" -type f \( -name '*.so*' -o -per
   echo "needs_glibc: $(max_ver GLIBC "${elves[@]}")"
   echo "needs_glibcxx: $(max_ver GLIBCXX "${elves[@]}")"
   echo "needs_cxxabi: $(max_ver CXXABI "${elves[@]}")"
-  echo "libcurl_libcrypto: $([ $use_stubs = 1 ] && echo 'stubs (HDF5 ros3 driver disabled)' || echo real)"
+  echo "libcurl: $([ $use_stubs = 1 ] && echo 'shim (HDF5 ros3 driver disabled)' || echo real)"
   echo "ompi_plugins_skipped: ${skipped_plugins[*]:-none}"
 } > "$out/build-info.txt"
 
