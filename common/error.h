@@ -30,6 +30,18 @@ class InputError : public Error {
   int exit_code() const override { return kExitBadInput; }
 };
 
+// A file qforge wrote for itself (a job's cache slice, checkpoint or unit shard) is missing or fails its
+// checksum or digest. Bad input as far as this run goes, but the job can recompute the file: the
+// coordinator drops it with the journal record that made it (storage/FORMAT.md, file_damaged).
+class DamagedFileError : public InputError {
+ public:
+  DamagedFileError(std::string path, const std::string& what) : InputError(what), path_(std::move(path)) {}
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
 // A bug or an environment failure (I/O error on a good file, out of memory, ...). Exit code 1.
 class InternalError : public Error {
  public:

@@ -87,7 +87,8 @@ struct Encoder {
             {"seconds", m.seconds}};
   }
   json operator()(const Failed& m) const {
-    return {{"rank", m.rank}, {"assignment", m.assignment}, {"reason", m.reason}, {"exit_code", m.exit_code}};
+    return {{"rank", m.rank}, {"assignment", m.assignment}, {"reason", m.reason}, {"exit_code", m.exit_code},
+            {"damaged_file", optional_json(m.damaged_file)}};
   }
   json operator()(const Shutdown& m) const {
     return {{"ok", m.ok}, {"reason", m.reason}, {"abort", m.abort}, {"exit_code", m.exit_code}};
@@ -128,7 +129,7 @@ Message message_from(const std::string& type, const json& b) {
   if (type == "done") return done_from(b);
   if (type == "failed") {
     return Failed{b.at("rank").get<int>(), b.at("assignment").get<std::int64_t>(), b.at("reason").get<std::string>(),
-                  b.at("exit_code").get<int>()};
+                  b.at("exit_code").get<int>(), optional_from<std::string>(b.at("damaged_file"))};
   }
   if (type == "shutdown") {
     return Shutdown{b.at("ok").get<bool>(), b.at("reason").get<std::string>(), b.at("abort").get<bool>(),

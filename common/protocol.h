@@ -42,7 +42,7 @@
 
 namespace qforge::protocol {
 
-constexpr int kVersion = 4;
+constexpr int kVersion = 5;
 constexpr int kTagToCoordinator = 101;
 constexpr int kTagToWorker = 102;
 
@@ -120,6 +120,9 @@ struct Failed {
   std::int64_t assignment = 0;
   std::string reason;
   int exit_code = 1;  // what the job exits with: 2 (kExitBadInput) when the input is at fault, else 1
+  // A job file the work read is missing or fails its digest/checksum (a name under the job's units/ or
+  // cache/): the coordinator drops it with its journal effect and has it recomputed.
+  std::optional<std::string> damaged_file;
 };
 
 struct Shutdown {

@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "common/protocol.h"
 #include "common/progress.h"
+#include "common/sha256.h"
 #include "partition/joint_selection.h"
 #include "partition/sample_split.h"
 
@@ -72,6 +73,7 @@ struct Coordinator::Impl {
   CoordinatorOutcome outcome;
   int teams = 1;
   ProgressMeter meter;
+  std::set<std::string> redone;  // producers (JobState::producer_of) recomputed for a damaged file
 
   Impl(CoordinatorSettings settings, const Transport& c, storage::Journal& j, JobState st, Assemble a)
       : s(std::move(settings)), control(c), journal(j), state(std::move(st)), assemble(std::move(a)),
@@ -89,11 +91,7 @@ struct Coordinator::Impl {
     return r;
   }
 
-  std::string unit_label(int unit) const {
-    const auto [first, count] = state.unit(unit);
-    return "unit " + std::to_string(unit) + " (block" + (count > 1 ? "s " : " ") + std::to_string(first) +
-           (count > 1 ? "-" + std::to_string(first + count - 1) : "") + ")";
-  }
+  std::string unit_label(int unit) const { return state.unit_text(unit); }
 
   std::string label(const protocol::Work& w) const {
     if (std::holds_alternative<protocol::FpPassWork>(w)) return "the FP pass";
@@ -395,6 +393,65 @@ struct Coordinator::Impl {
     if (!s.keep_cache) collect_garbage();
   }
 
+  // Journals that a job file is damaged (which drops the record that made it) and says what is redone.
+  // A producer whose file is damaged twice in one run has its output damaged as it is made (a failing
+  // disk, a file system that loses writes): the job ends instead of recomputing forever.
+  // False when the job fails instead.
+  bool drop_damaged(const std::string& file, const std::string& what, const std::string& reason) {
+    const std::string redo = state.producer_of(file);
+    const std::string msg = s.job.root().string() + ": " + what + " file " + file + " " + reason;
+    if (!redo.empty() && !redone.insert(redo).second) {
+      fail(kExitBadInput, msg + ", and " + redo + " was recomputed once in this run already because of a damaged "
+           "file: the disk or file system is losing data", s.ranks > 1);
+      return false;
+    }
+    record({{"type", "file_damaged"}, {"file", file}, {"what", what}, {"reason", reason}});
+    QF_LOG(Warn) << msg << ": dropped" << (redo.empty() ? "" : "; recomputing " + redo);
+    return true;
+  }
+
+  // Every job file the journal relies on from here is present and intact, or dropped with its record
+  // (file_damaged) so that the scheduler recomputes it. Repeated until nothing more is dropped: redoing a
+  // sequential unit needs its predecessor's output, which may be gone too. Shards are hashed only
+  // before assembly (nothing else reads them); checkpoints by digest; cache slices are checked for
+  // presence here and by checksum as they are read (a worker reports a bad one: on_failed).
+  // Returns how many files were dropped (the job has failed instead when `failed` is set).
+  int repair(bool verify_shards) {
+    int dropped = 0;
+    for (bool again = true; again && !failed;) {
+      again = false;
+      const auto drop = [&](const std::string& file, const char* what, const std::string& reason) {
+        again = drop_damaged(file, what, reason);
+        ++dropped;
+      };
+      for (int u = 0; verify_shards && u < state.units(); ++u) {
+        if (!state.unit_done(u)) continue;
+        const json& rec = state.done_record(u);
+        const std::string problem = file_problem(s.job.units_dir() / rec.at("shard").get<std::string>(), rec.at("digest"));
+        if (!problem.empty()) drop(rec.at("shard").get<std::string>(), "shard", problem);
+        if (failed) return dropped;
+      }
+      for (int u = 0; u < state.units(); ++u) {
+        const json& ck = state.checkpoint(u);
+        if (ck.is_null()) continue;
+        const std::string problem = file_problem(s.job.units_dir() / ck.at("file").get<std::string>(), ck.at("digest"));
+        if (!problem.empty()) drop(ck.at("file").get<std::string>(), "checkpoint", problem);
+      }
+      for (const auto& f : state.live_cache_files()) {
+        if (fs::is_regular_file(s.job.cache_dir() / f)) continue;
+        drop(f, "cache", "is missing");
+        break;  // its producer's other files are no longer live: ask again
+      }
+    }
+    return dropped;
+  }
+
+  // Why a journaled file cannot be used ("" when it can).
+  static std::string file_problem(const fs::path& path, const json& digest) {
+    if (!fs::is_regular_file(path)) return "is missing";
+    return sha256_file(path) == digest.get<std::string>() ? "" : "does not match its digest in the journal";
+  }
+
   void on_failed(const protocol::Failed& f) {
     const auto it = running.find(f.assignment);
     if (it == running.end() || !it->second.work.count(f.rank)) {
@@ -407,9 +464,25 @@ struct Coordinator::Impl {
                 {"rank", f.rank}, {"message", msg}};
     if (const auto* u = std::get_if<protocol::UnitWork>(&work)) rec["unit"] = u->unit;
     record(rec);
+    if (f.damaged_file) {
+      if (!drop_damaged(*f.damaged_file, kind_of_job_file(*f.damaged_file), "is damaged (" + f.reason + ")")) return;
+      // Alone on its assignment, the rank is back waiting for work and nobody waits on it: the
+      // scheduler recomputes what was dropped. With peers, some may be inside a collective with it.
+      if (it->second.ranks.size() == 1) {
+        finish(it);
+        repair(false);  // what recomputing it needs may be gone too
+        return;
+      }
+      return fail(kExitBadInput, msg + "; rerun the same command: the damaged file is recomputed", s.ranks > 1);
+    }
     // With peers, some may be inside a collective with the failed rank that can never complete, and
     // MPI_Finalize would wait on it: the job is ended by MPI_Abort after this record, like a lost rank.
     fail(f.exit_code == kExitBadInput ? kExitBadInput : kExitInternal, msg, s.ranks > 1);
+  }
+
+  static const char* kind_of_job_file(const std::string& name) {
+    if (storage::JobLayout::parse_cache_file(name)) return "cache";
+    return storage::JobLayout::parse_checkpoint(name) ? "checkpoint" : "shard";
   }
 
   void handle(int from, const std::string& bytes) {
@@ -511,6 +584,8 @@ struct Coordinator::Impl {
     }
     const auto t0 = Clock::now();
     for (int r = 0; r < s.ranks; ++r) last_heard[r] = t0;
+    repair(false);
+    if (failed) return outcome;
     clean_up_at_start();
     while (!failed) {
       bool busy = false;
@@ -522,7 +597,10 @@ struct Coordinator::Impl {
       if (failed) break;
       check_stalls();
       if (failed) break;
-      if (state.all_units_done() && running.empty()) break;
+      if (state.all_units_done() && running.empty()) {
+        if (repair(true) == 0 && !failed) break;  // a dropped shard's unit runs again before assembly
+        continue;
+      }
       if (!stopping && !state.all_units_done()) {
         if (const int sig = s.stop_signal ? s.stop_signal() : 0) begin_stop(sig);
       }

@@ -102,13 +102,10 @@ void JobState::apply(const json& r) {
   } else if (type == "unit_done" || type == "unit_checkpoint" || (type == "unit_assigned" && r.value("kind", "") == "unit")) {
     apply_unit_record(type, r);
   } else if (type == "fp_slice_done") {
-    for (auto id : r.at("samples")) {
-      const std::int64_t v = id.get<std::int64_t>();
-      QF_CHECK(v >= 0 && v < samples_, "journal names sample " + std::to_string(v) + " outside the calibration set");
-      fp_covered_.insert(v);
-    }
-    for (const auto& f : r.at("files")) fp_files_[f.at("boundary").get<int>()].push_back(f.at("file").get<std::string>());
+    add_fp_slice(r);
     fp_slices_.push_back(r);
+  } else if (type == "file_damaged") {
+    apply_damage(r);
   } else if (type == "probe_done") {
     const int b = r.at("block").get<int>();
     QF_CHECK(b >= 0 && b < blocks_, "journal names probed block " + std::to_string(b) + " outside the model");
@@ -129,6 +126,88 @@ void JobState::apply(const json& r) {
     }
   }
   // stop_requested and unknown future types change nothing durable.
+}
+
+void JobState::add_fp_slice(const json& r) {
+  for (auto id : r.at("samples")) {
+    const std::int64_t v = id.get<std::int64_t>();
+    QF_CHECK(v >= 0 && v < samples_, "journal names sample " + std::to_string(v) + " outside the calibration set");
+    fp_covered_.insert(v);
+  }
+  for (const auto& f : r.at("files")) fp_files_[f.at("boundary").get<int>()].push_back(f.at("file").get<std::string>());
+}
+
+namespace {
+
+bool slice_has(const json& slice, const std::string& file) {
+  for (const auto& f : slice.at("files")) {
+    if (f.at("file") == file) return true;
+  }
+  return false;
+}
+
+bool done_has(const json& done, const std::string& file) {
+  for (const auto& rk : done.at("ranks")) {
+    for (const auto& f : rk.at("files")) {
+      if (f == file) return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+void JobState::drop_unit_done(int u) {
+  done_.erase(u);
+  --done_counts_[u];  // the redo's unit_done is then the unit's one live record again
+  complete_ = false;
+}
+
+// A damaged file takes with it the record that made it; the scheduler then makes it again.
+void JobState::apply_damage(const json& r) {
+  const std::string file = r.at("file").get<std::string>();
+  const std::string what = r.at("what").get<std::string>();
+  ++damaged_files_;
+  if (what == "checkpoint") {
+    for (auto it = checkpoints_.begin(); it != checkpoints_.end();) {
+      it = it->second.at("file") == file ? checkpoints_.erase(it) : std::next(it);
+    }
+    return;
+  }
+  QF_CHECK(what == "shard" || what == "cache", "file_damaged names an unknown kind of file '" + what + "'");
+  std::vector<int> units;
+  for (const auto& [u, rec] : done_) {
+    if (what == "shard" ? rec.at("shard") == file : done_has(rec, file)) units.push_back(u);
+  }
+  for (int u : units) drop_unit_done(u);
+  if (what == "shard") return;
+  const auto dead = std::remove_if(fp_slices_.begin(), fp_slices_.end(), [&](const json& s) { return slice_has(s, file); });
+  if (dead == fp_slices_.end()) return;
+  fp_slices_.erase(dead, fp_slices_.end());
+  fp_covered_.clear();
+  fp_files_.clear();
+  for (const auto& s : fp_slices_) add_fp_slice(s);
+  complete_ = false;
+}
+
+std::string JobState::unit_text(int u) const {
+  const auto [first, count] = unit(u);
+  return "unit " + std::to_string(u) + " (block" + (count > 1 ? "s " : " ") + std::to_string(first) +
+         (count > 1 ? "-" + std::to_string(first + count - 1) : "") + ")";
+}
+
+std::string JobState::producer_of(const std::string& file) const {
+  for (const auto& [u, rec] : done_) {
+    if (rec.at("shard") == file || done_has(rec, file)) return unit_text(u);
+  }
+  for (const auto& [u, rec] : checkpoints_) {
+    if (rec.at("file") == file) return unit_text(u) + " from its start (its checkpoint is dropped)";
+  }
+  for (const auto& s : fp_slices_) {
+    if (!slice_has(s, file)) continue;
+    return "the FP pass over " + std::to_string(s.at("samples").size()) + " samples (rank " + s.at("rank").dump() + "'s slice)";
+  }
+  return "";
 }
 
 const json& JobState::checkpoint(int u) const {
@@ -225,11 +304,11 @@ std::set<std::string> JobState::live_cache_files() const {
     }
     return live;
   }
-  // Sequential: only the boundary after the last finished unit feeds anything still to run.
-  int last = -1;
-  while (last + 1 < units() && unit_done(last + 1)) ++last;
-  if (last >= 0 && last + 1 < units()) {
-    const auto [first, n] = unit(last);
+  // Sequential: the output of a finished unit feeds its successor until that one is done (in a normal run
+  // one boundary; after a dropped unit, also the boundary where the chain resumes).
+  for (int u = 0; u + 1 < units(); ++u) {
+    if (!unit_done(u) || unit_done(u + 1)) continue;
+    const auto [first, n] = unit(u);
     for (const char* s : {"fp", "q"}) {
       for (const auto& f : boundary_files(first + n, s)) live.insert(f);
     }

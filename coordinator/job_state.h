@@ -4,8 +4,13 @@
 // replay at start and live during the run, through the same apply(), so a resumed coordinator knows
 // exactly what the crashed one knew durably; `qforge status` is a projection of the same state.
 // Records (storage/FORMAT.md, "Journal"): job_start, unit_assigned, fp_slice_done, probe_done,
-// joint_selection, unit_checkpoint, unit_done, unit_failed, worker_lost, stop_requested, job_stopped,
-// job_complete.
+// joint_selection, unit_checkpoint, unit_done, unit_failed, worker_lost, file_damaged, stop_requested,
+// job_stopped, job_complete.
+//
+// file_damaged {file, what: shard|checkpoint|cache, reason}: a job file the journal relies on is missing
+// or fails its digest/checksum. Applying it drops the effect of the record that made the file (the
+// unit's unit_done, the unit_checkpoint, the FP-pass slice), so the scheduler recomputes it from the
+// last good state; nothing else changes.
 //
 // Units: without MRECG they are the plan's (plan.json: one per block), known from the start. With MRECG
 // (JointSpec) they are what the journaled joint_selection record says, an amendment to the plan, and
@@ -66,6 +71,8 @@ class JobState {
   std::pair<int, int> unit(int u) const { return units_.at(static_cast<std::size_t>(u)); }
   const std::vector<std::pair<int, int>>& unit_list() const { return units_; }
   int blocks() const { return blocks_; }
+  // "unit 2 (block 2)", "unit 3 (blocks 3-5)": how logs and messages name a unit.
+  std::string unit_text(int u) const;
   const JointSpec& joint() const { return joint_; }
   // Teams of the plan the state was built from (1 for a state built without one).
   int teams() const { return teams_; }
@@ -120,11 +127,19 @@ class JobState {
   std::vector<std::string> fp_pass_files(int boundary) const;
   // Cache files the journal still needs (for garbage collection of everything else).
   std::set<std::string> live_cache_files() const;
+  // What dropping job file `file` (a name under units/ or cache/) makes the scheduler redo, in words
+  // ("unit 2 (block 2)", "the FP pass over samples 0-7"); empty when no live record produced it.
+  std::string producer_of(const std::string& file) const;
+  // file_damaged records applied (files dropped and recomputed) over the job's life.
+  int damaged_files() const { return damaged_files_; }
 
  private:
   std::int64_t fp_needed() const;
   void apply_unit_record(const std::string& type, const nlohmann::json& r);
   void apply_selection(const nlohmann::json& r);
+  void apply_damage(const nlohmann::json& r);
+  void add_fp_slice(const nlohmann::json& r);
+  void drop_unit_done(int u);
 
   int blocks_;
   int teams_ = 1;
@@ -149,6 +164,7 @@ class JobState {
   std::string stopped_message_;
   std::vector<nlohmann::json> fp_slices_;
   double first_t_ = 0, last_t_ = 0;
+  int damaged_files_ = 0;
 };
 
 // A job directory's state: its plan.json with the journal replayed through JobState::apply. `joint`

@@ -123,6 +123,7 @@ json collect_status(const storage::JobLayout& jd) {
     out["team_size"] = st.last_start().value("team_size", 0);
   }
   if (!st.stopped_message().empty()) out["stopped"] = st.stopped_message();
+  out["damaged_files"] = st.damaged_files();
   if (fs::exists(jd.root() / "slurm.json")) out["slurm"] = slurm_status(jd);
   // Before an MRECG selection there are no units yet (the probes decide them).
   const int units = st.units_ready() ? st.units() : 0;
@@ -276,6 +277,9 @@ int run_status(const Args& args) {
   std::cout << "\ncache: " << format_mib(st["cache_bytes_written"].get<double>()) << " written, "
             << format_mib(st["cache_bytes_read"].get<double>()) << " read\n";
   if (st.contains("oscillation")) print_oscillation(st["oscillation"]);
+  if (st["damaged_files"].get<int>() > 0) {
+    std::cout << "damaged job files dropped and recomputed: " << st["damaged_files"].get<int>() << " (file_damaged in the journal)\n";
+  }
   std::cout << "last error: " << (st["last_error"].is_null() ? "none" : st["last_error"].get<std::string>()) << "\n";
   if (!vm["plot"].as<std::string>().empty()) write_plot(st, vm);
   return 0;

@@ -2,7 +2,9 @@
 // (0 ok, 2 bad input, 1 internal failure). One line on stderr per error.
 #include <boost/program_options/errors.hpp>
 
+#include <cerrno>
 #include <cstdio>
+#include <filesystem>
 #include <cstring>
 #include <exception>
 #include <iostream>
@@ -18,6 +20,16 @@ void print_usage() {
   std::cout << "qforge " QFORGE_VERSION " - post-training quantization of LLaMA-family models\n\n"
             << "usage: qforge <command> [options]     (qforge <command> --help for its options)\n\ncommands:\n";
   for (const auto& c : qforge::jobs::commands()) std::printf("  %-16s %s\n", c.name, c.summary);
+}
+
+bool path_problem(const std::error_code& ec) {
+  switch (ec.value()) {
+    case ELOOP: case ENAMETOOLONG: case ENOENT: case ENOTDIR: case EISDIR: case EACCES: case EPERM: case EROFS:
+    case EEXIST:
+      return true;
+    default:
+      return false;
+  }
 }
 
 }  // namespace
@@ -44,6 +56,11 @@ int main(int argc, char** argv) {
     } catch (const boost::program_options::error& e) {
       std::cerr << "qforge " << name << ": error: " << e.what() << " (see qforge " << name << " --help)\n";
       return qforge::kExitBadInput;
+    } catch (const std::filesystem::filesystem_error& e) {
+      // A path the user gave that cannot be used (a link loop, a name too long, a missing or read-only
+      // folder) is bad input; anything else the file system says (full, I/O error) is not.
+      std::cerr << "qforge " << name << ": " << (path_problem(e.code()) ? "error: " : "internal error: ") << e.what() << "\n";
+      return path_problem(e.code()) ? qforge::kExitBadInput : qforge::kExitInternal;
     } catch (const std::bad_alloc&) {
       std::cerr << "qforge " << name << ": error: out of memory\n";
       return qforge::kExitInternal;

@@ -5,7 +5,11 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -212,12 +216,24 @@ std::vector<double> dry_run_probe_values(const QuantizeSpec& s, const coordinato
 }
 
 // A folder this process must be able to create or write: the nearest existing ancestor must be a
-// writable directory (checked before anything is written, so a typo fails fast and leaves nothing).
+// directory in which a folder can really be made (checked before anything is written, so a typo fails
+// fast and leaves nothing). access() alone passes /proc, /sys and, for root, read-only permissions; a
+// probe folder made and removed again does not.
 void check_writable_folder(const fs::path& path, const std::string& flag) {
-  fs::path p = fs::absolute(path);
-  while (!fs::exists(p) && p.has_parent_path() && p != p.parent_path()) p = p.parent_path();
-  if (!fs::is_directory(p)) throw InputError(flag, "", path.string() + ": " + p.string() + " is a file, not a folder");
-  if (access(p.c_str(), W_OK) != 0) throw InputError(flag, "", path.string() + ": " + p.string() + " is not writable");
+  const auto refuse = [&](const std::string& why) { throw InputError(flag, "", path.string() + ": " + why); };
+  for (const auto& part : path) {
+    if (part.string().size() > NAME_MAX) refuse("a name in the path is longer than " + std::to_string(NAME_MAX) + " bytes");
+  }
+  try {
+    fs::path p = fs::absolute(path);
+    while (!fs::exists(p) && p.has_parent_path() && p != p.parent_path()) p = p.parent_path();
+    if (!fs::is_directory(p)) refuse(p.string() + " is a file, not a folder");
+    std::string probe = (p / ".qforge-probe-XXXXXX").string();
+    if (::mkdtemp(probe.data()) == nullptr) refuse("cannot create a folder in " + p.string() + ": " + std::strerror(errno));
+    ::rmdir(probe.c_str());
+  } catch (const fs::filesystem_error& e) {
+    refuse(e.code().message());  // a symbolic link loop, a name too long for the file system, ...
+  }
 }
 
 // The preflight: every check that needs no compute, before anything is written. Returns the plan.
@@ -230,6 +246,7 @@ partition::Plan preflight(const QuantizeSpec& s, int ranks) {
                                                    std::to_string(cfg.num_hidden_layers) + " blocks)");
     }
   }
+  check_writable_folder(s.out, "--out");
   if (fs::exists(s.out) && fs::equivalent(s.out, s.model)) throw InputError("--out", "", "must differ from --model");
   if (!s.export_format.empty()) {
     const std::string why = storage::export_refusal(make_quant_config(s), storage::parse_export_format(s.export_format));
@@ -237,7 +254,6 @@ partition::Plan preflight(const QuantizeSpec& s, int ranks) {
     check_writable_folder(s.export_out, "--export-out");
   }
   if (s.heartbeat_timeout_s <= 0) throw InputError("--heartbeat-timeout", "", "must be positive");
-  check_writable_folder(s.out, "--out");
   check_writable_folder(job_dir_of(s), "--job-dir");
   storage::OutputFolder::check_target(s.out, "--out", {job_dir_of(s)});
   if (!s.export_format.empty()) storage::OutputFolder::check_target(s.export_out, "--export-out");

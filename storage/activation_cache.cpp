@@ -261,6 +261,36 @@ std::uint64_t read_rows(const OpenSlice& s, const std::string& file, std::int64_
   return static_cast<std::uint64_t>(count * m.tokens * m.hidden) * element_size(m.dtype);
 }
 
+struct Request {
+  std::int64_t row;  // in the file
+  std::int64_t pos;  // in the output
+};
+
+// Pass 2 of read_activation_rows for one file: runs of consecutive file rows that are also consecutive
+// in the output are read with one hyperslab each (scattered ids degrade to one chunk-sized read per row).
+std::uint64_t read_requests(const fs::path& path, const ActivationSliceMeta& expected, const std::vector<std::int64_t>& ids,
+                            std::vector<Request>& req, at::Tensor out) {
+  const std::string file = path.string();
+  const OpenSlice s = open_slice(path, expected);
+  for (const Request& q : req) {
+    // Files are immutable after their rename; a different file under the same name is not.
+    if (q.row >= static_cast<std::int64_t>(s.info.sample_ids.size()) ||
+        s.info.sample_ids[static_cast<std::size_t>(q.row)] != ids[static_cast<std::size_t>(q.pos)]) {
+      throw InputError(file, kSampleIds, "changed while being read");
+    }
+  }
+  std::sort(req.begin(), req.end(), [](const Request& a, const Request& b) { return a.row < b.row; });
+  std::uint64_t bytes = 0;
+  for (std::size_t i = 0; i < req.size();) {
+    std::size_t j = i + 1;
+    while (j < req.size() && req[j].row == req[j - 1].row + 1 && req[j].pos == req[j - 1].pos + 1) ++j;
+    const std::int64_t count = static_cast<std::int64_t>(j - i);
+    bytes += read_rows(s, file, req[i].row, count, out.narrow(0, req[i].pos, count));
+    i = j;
+  }
+  return bytes;
+}
+
 // Removes the temporary file unless the write got as far as the rename.
 class TempFileGuard {
  public:
@@ -399,6 +429,22 @@ ActivationSliceInfo read_activation_slice_info(const fs::path& path, const Activ
   return open_slice(path, expected).info;
 }
 
+namespace {
+
+// A slice that cannot be read as what its name promises is damaged: the job can make it again.
+template <typename F>
+auto reading(const fs::path& file, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const DamagedFileError&) {
+    throw;
+  } catch (const InputError& e) {
+    throw DamagedFileError(file.string(), e.what());
+  }
+}
+
+}  // namespace
+
 at::Tensor read_activation_rows(const std::vector<fs::path>& files, const ActivationSliceMeta& expected,
                                 const std::vector<std::int64_t>& ids, std::uint64_t* bytes_read) {
   // Output position of each requested id.
@@ -411,15 +457,11 @@ at::Tensor read_activation_rows(const std::vector<fs::path>& files, const Activa
 
   // Pass 1: validate every file and find, for every id any file holds, its only holder. All ids are
   // checked, not just the requested ones: a duplicate anywhere means the slice list is inconsistent.
-  struct Request {
-    std::int64_t row;  // in the file
-    std::int64_t pos;  // in the output
-  };
   std::vector<std::vector<Request>> requests(files.size());
   std::unordered_map<std::int64_t, std::size_t> holder;
   std::size_t found = 0;
   for (std::size_t f = 0; f < files.size(); ++f) {
-    const ActivationSliceInfo info = read_activation_slice_info(files[f], expected);
+    const ActivationSliceInfo info = reading(files[f], [&] { return read_activation_slice_info(files[f], expected); });
     for (std::size_t r = 0; r < info.sample_ids.size(); ++r) {
       const std::int64_t id = info.sample_ids[r];
       const auto [it, inserted] = holder.emplace(id, f);
@@ -449,30 +491,13 @@ at::Tensor read_activation_rows(const std::vector<fs::path>& files, const Activa
     }
   }
 
-  // Pass 2: one file open at a time, runs of consecutive file rows that are also consecutive in the
-  // output read with one hyperslab each (scattered ids degrade to one chunk-sized read per row).
+  // Pass 2: one file open at a time.
   at::Tensor out = at::empty({static_cast<std::int64_t>(ids.size()), expected.tokens, expected.hidden}, at::kFloat);
   std::uint64_t bytes = 0;
   for (std::size_t f = 0; f < files.size(); ++f) {
     std::vector<Request>& req = requests[f];
     if (req.empty()) continue;
-    std::sort(req.begin(), req.end(), [](const Request& a, const Request& b) { return a.row < b.row; });
-    const std::string file = files[f].string();
-    const OpenSlice s = open_slice(files[f], expected);
-    for (const Request& q : req) {
-      // Files are immutable after their rename; a different file under the same name is not.
-      if (q.row >= static_cast<std::int64_t>(s.info.sample_ids.size()) ||
-          s.info.sample_ids[static_cast<std::size_t>(q.row)] != ids[static_cast<std::size_t>(q.pos)]) {
-        throw InputError(file, kSampleIds, "changed while being read");
-      }
-    }
-    for (std::size_t i = 0; i < req.size();) {
-      std::size_t j = i + 1;
-      while (j < req.size() && req[j].row == req[j - 1].row + 1 && req[j].pos == req[j - 1].pos + 1) ++j;
-      const std::int64_t count = static_cast<std::int64_t>(j - i);
-      bytes += read_rows(s, file, req[i].row, count, out.narrow(0, req[i].pos, count));
-      i = j;
-    }
+    bytes += reading(files[f], [&] { return read_requests(files[f], expected, ids, req, out); });
   }
   if (bytes_read != nullptr) *bytes_read += bytes;
   return out;

@@ -1,7 +1,6 @@
-// Element types of checkpoint tensors, as named in safetensors headers.
+// Element types of checkpoint tensors, as named in safetensors headers. Plain C++ (the header parser
+// builds without LibTorch); storage/torch_dtype.h maps them to torch's types.
 #pragma once
-
-#include <c10/core/ScalarType.h>
 
 #include <cstdint>
 #include <string>
@@ -15,8 +14,5 @@ std::size_t dtype_size(DType dtype);
 const char* dtype_name(DType dtype);
 // Parses a safetensors dtype name; returns false for names qforge does not support.
 bool parse_dtype(const std::string& name, DType* out);
-c10::ScalarType to_scalar_type(DType dtype);
-// InternalError for torch types with no safetensors counterpart that qforge writes.
-DType from_scalar_type(c10::ScalarType type);
 
 }  // namespace qforge::storage

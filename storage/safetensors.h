@@ -26,24 +26,12 @@
 #include <string_view>
 #include <vector>
 
-#include "storage/dtype.h"
+#include "storage/safetensors_header.h"
+#include "storage/torch_dtype.h"
 
 namespace qforge::storage {
 
 namespace fs = std::filesystem;
-
-// Headers larger than this are refused before being read (safetensors' MAX_HEADER_SIZE).
-constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;
-
-struct TensorInfo {
-  std::string name;
-  DType dtype = DType::kF32;
-  std::vector<std::int64_t> shape;
-  std::uint64_t begin = 0;  // offset in the data buffer
-  std::uint64_t end = 0;
-  std::int64_t numel() const;
-  std::uint64_t nbytes() const { return end - begin; }
-};
 
 // Read-only mapping of a whole file. Move-only; unmaps in the destructor.
 class MappedFile {
@@ -64,13 +52,8 @@ class MappedFile {
   std::uint64_t size_ = 0;
 };
 
-// One validated safetensors file. Construction checks: file at least 8 bytes; header length within
-// kMaxHeaderBytes and the file; header well-formed UTF-8 JSON with an object at the top level that
-// starts at byte 8; each entry has exactly the fields dtype, shape, data_offsets, a supported dtype, a shape of non-negative ints whose product does not overflow, and
-// data_offsets [b, e] with b <= e, e within the buffer, e - b == numel * itemsize; entries sorted by
-// offset neither overlap nor leave holes, and the buffer ends exactly at the end of the file;
-// __metadata__ (optional) maps strings to strings; no duplicate names. Violations throw InputError
-// naming the file and the field.
+// One validated safetensors file: the file mapped, its header checked by parse_safetensors_header
+// (storage/safetensors_header.h) before anything else is read.
 class SafetensorsFile {
  public:
   explicit SafetensorsFile(const fs::path& path);
@@ -186,11 +169,5 @@ class CheckpointWriter {
   std::string stem_;
 };
 
-namespace detail {
-// Parses JSON text from a file, refusing invalid UTF-8 and duplicate keys at any depth (nlohmann
-// would silently keep the last one). Errors are InputError(where, field or the duplicated key's
-// dotted path, ...). Shared by the safetensors header and the shard index parsers.
-nlohmann::json parse_json_strict(std::string_view text, const std::string& where, const std::string& field);
-}  // namespace detail
 
 }  // namespace qforge::storage

@@ -134,6 +134,9 @@ class Worker {
       } catch (const JobAborted& e) {
         QF_LOG(Warn) << e.what();
         return e.abort ? WorkerExit::kAborting : WorkerExit::kFailed;
+      } catch (const DamagedFileError& e) {
+        QF_LOG(Warn) << "assignment " << a->id << " (" << protocol::kind_name(a->work) << ") read a damaged job file: " << e.what();
+        send(protocol::Failed{control_.rank(), a->id, e.what(), e.exit_code(), fs::path(e.path()).filename().string()});
       } catch (const Error& e) {
         QF_LOG(Error) << "assignment " << a->id << " (" << protocol::kind_name(a->work) << ") failed: " << e.what();
         send(protocol::Failed{control_.rank(), a->id, e.what(), e.exit_code()});
@@ -453,8 +456,10 @@ class Worker {
 
   UnitCheckpoint read_checkpoint(const protocol::UnitWork& task) const {
     const fs::path path = s_.job.units_dir() / task.resume_from;
+    if (!fs::is_regular_file(path)) throw DamagedFileError(path.string(), path.string() + ": checkpoint is missing");
     if (sha256_file(path) != task.resume_digest) {
-      throw InputError(path.string(), "", "checkpoint does not match the digest in the journal (modified or corrupted)");
+      throw DamagedFileError(path.string(), path.string() + ": checkpoint does not match the digest in the journal "
+                                                            "(modified or corrupted)");
     }
     const storage::SafetensorsFile f(path);
     const json meta = json::parse(f.metadata().at("qforge_checkpoint"));

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "common/protocol.h"
+#include "common/sha256.h"
 #include "common/transport.h"
 #include "coordinator/coordinator.h"
 #include "jobs/synthetic_model.h"
@@ -28,7 +29,9 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-enum class OnUnit { kFinish, kGoSilent, kFail, kAwaitCheckpoint };
+// kFinishCorrupted: the shard is written but reported with a digest it does not have (as if the disk
+// changed it afterwards); kReportDamagedInput: the rank says its first input cache file is damaged.
+enum class OnUnit { kFinish, kGoSilent, kFail, kAwaitCheckpoint, kFinishCorrupted, kReportDamagedInput };
 
 // What the workers saw, for the assertions.
 struct Observed {
@@ -96,6 +99,7 @@ class ScriptedWorker {
     if (std::holds_alternative<protocol::FpPassWork>(a.work)) {
       protocol::Done d = done(a.id);
       d.cache_files = {storage::JobLayout::cache_file_name(1, "fp", a.id, t_.rank())};
+      std::ofstream(job_.cache_dir() / d.cache_files[0]) << "FP stream";
       send(d);
       return true;
     }
@@ -107,7 +111,8 @@ class ScriptedWorker {
       seen_.units.emplace_back(t_.rank(), w);
     }
     current_ = a.id;
-    switch (script_(w.unit)) {
+    const OnUnit what = script_(w.unit);
+    switch (what) {
       case OnUnit::kGoSilent:
         send(protocol::Heartbeat{t_.rank(), a.id, "train"});
         net_.disconnect(t_.rank());
@@ -120,15 +125,27 @@ class ScriptedWorker {
         awaiting_ = true;
         ++seen_.awaiting_checkpoint;
         return true;
+      case OnUnit::kReportDamagedInput:
+        send(protocol::Failed{t_.rank(), a.id, "checksum mismatch", kExitBadInput, w.x_fp_files.at(0)});
+        current_ = 0;
+        return true;
       case OnUnit::kFinish:
+      case OnUnit::kFinishCorrupted:
         break;
     }
     protocol::Done d = done(a.id);
     if (leader_) {
       const std::string name = storage::JobLayout::unit_shard_name(w.unit);
       std::ofstream(job_.units_dir() / name) << "shard of unit " << w.unit;
-      d.shard = protocol::UnitFile{name, "digest-" + std::to_string(w.unit)};
+      d.shard = protocol::UnitFile{name, sha256_file(job_.units_dir() / name)};
+      if (what == OnUnit::kFinishCorrupted) d.shard->sha256 = std::string(64, '0');
       d.report = {{"initial_loss", 2.0}, {"final_loss", 1.0}};
+    }
+    if (w.write_next) {  // a sequential unit's output stream, one slice per rank
+      for (const char* stream : {"fp", "q"}) {
+        d.cache_files.push_back(storage::JobLayout::cache_file_name(w.first_block + w.num_blocks, stream, a.id, t_.rank()));
+        std::ofstream(job_.cache_dir() / d.cache_files.back()) << stream << " stream";
+      }
     }
     current_ = 0;
     send(d);
@@ -142,7 +159,7 @@ class ScriptedWorker {
     if (leader_) {
       const std::string name = storage::JobLayout::checkpoint_name(unit_, current_);
       std::ofstream(job_.units_dir() / name) << "training state";
-      d.checkpoint = protocol::UnitFile{name, "ck-digest"};
+      d.checkpoint = protocol::UnitFile{name, sha256_file(job_.units_dir() / name)};
     }
     awaiting_ = false;
     current_ = 0;
@@ -169,6 +186,7 @@ struct RunResult {
 struct InProcessJob {
   storage::JobLayout job{test::make_temp_dir("inproc-engine")};
   int blocks = 5, ranks = 3, team_size = 1;
+  std::int64_t samples = 0;  // > 0 with independent units: an FP pass first
   bool sequential = false;
   double heartbeat_timeout_s = 30;
   std::function<int()> stop_signal = [] { return 0; };
@@ -181,7 +199,7 @@ struct InProcessJob {
 
   RunResult run(const std::function<OnUnit(int rank, int unit)>& script) {
     InProcessNetwork net(ranks);
-    coordinator::JobState state(blocks, sequential, 0);
+    coordinator::JobState state(blocks, sequential, samples);
     for (const auto& r : storage::replay_journal(job.journal_path()).records) state.apply(r);
     RunResult out;
     {
@@ -190,7 +208,7 @@ struct InProcessJob {
       cs.job = job;
       cs.ranks = ranks;
       cs.team_size = team_size;
-      cs.needs_data = false;
+      cs.needs_data = true;  // units get their input file names (the scripts write stand-ins)
       cs.heartbeat_timeout_s = heartbeat_timeout_s;
       cs.stop_signal = stop_signal;
       std::vector<std::thread> workers;
@@ -334,6 +352,115 @@ TEST(EngineInProcess, ASequentialTeamGetsEveryUnitInOrder) {
   EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3, 4}));
   EXPECT_EQ(job.seen.units.size(), 15u);
   for (const auto& rec : job.records(r, "unit_assigned")) EXPECT_EQ(rec["ranks"], json({0, 1, 2}));
+}
+
+// A shard that no longer matches its digest when the job is about to assemble: its unit is dropped
+// (file_damaged) and runs again in the same run; nothing else is redone.
+TEST(EngineInProcess, ADamagedShardIsRecomputedBeforeAssembly) {
+  InProcessJob job;
+  std::atomic<int> unit2_runs{0};
+  const RunResult r = job.run([&](int, int unit) {
+    return unit == 2 && unit2_runs++ == 0 ? OnUnit::kFinishCorrupted : OnUnit::kFinish;
+  });
+  EXPECT_EQ(r.outcome.exit_code, kExitOk) << r.outcome.message;
+  EXPECT_TRUE(r.assembled);
+  const auto damaged = job.records(r, "file_damaged");
+  ASSERT_EQ(damaged.size(), 1u);
+  EXPECT_EQ(damaged[0]["what"], "shard");
+  EXPECT_EQ(damaged[0]["file"], storage::JobLayout::unit_shard_name(2));
+  EXPECT_EQ(damaged[0]["reason"], "does not match its digest in the journal");
+  std::map<int, int> done;
+  for (const auto& rec : job.records(r, "unit_done")) ++done[rec["unit"].get<int>()];
+  EXPECT_EQ(done, (std::map<int, int>{{0, 1}, {1, 1}, {2, 2}, {3, 1}, {4, 1}}));
+}
+
+// A finished sequential job whose unit 2 shard was deleted: redoing unit 2 needs unit 1's output
+// stream, which was collected long ago, and so on back to the embedding; units 3 and 4 keep their
+// results. The rerun recomputes exactly units 0-2, in order, and assembles.
+TEST(EngineInProcess, AMissingShardOfASequentialJobRedoesTheChainThatFeedsIt) {
+  InProcessJob job;
+  job.sequential = true;
+  job.ranks = 1;
+  ASSERT_EQ(job.run(finish_all).outcome.exit_code, kExitOk);
+  fs::remove(job.job.units_dir() / storage::JobLayout::unit_shard_name(2));
+  job.seen.units.clear();
+  const RunResult r = job.run(finish_all);
+  EXPECT_EQ(r.outcome.exit_code, kExitOk) << r.outcome.message;
+  EXPECT_TRUE(r.assembled);
+  std::vector<int> redone;
+  for (const auto& [rank, w] : job.seen.units) redone.push_back(w.unit);
+  EXPECT_EQ(redone, (std::vector<int>{0, 1, 2}));
+  std::vector<std::string> what;
+  for (const auto& d : job.records(r, "file_damaged")) what.push_back(d["what"].get<std::string>() + " " + d["reason"].get<std::string>());
+  EXPECT_EQ(what, (std::vector<std::string>{"shard is missing", "cache is missing", "cache is missing"}));
+  EXPECT_TRUE(fs::exists(job.job.units_dir() / storage::JobLayout::unit_shard_name(2)));
+  EXPECT_TRUE(fs::is_empty(job.job.cache_dir()));  // the redo's streams were collected again
+}
+
+// A worker alone on its unit reports a damaged input slice: the FP-pass slice that holds it is dropped
+// and made again, and the unit runs again on it, all in the same run.
+TEST(EngineInProcess, ADamagedInputSliceIsRecomputedAndTheUnitRunsAgain) {
+  InProcessJob job;
+  job.ranks = 1;
+  job.blocks = 3;
+  job.samples = 4;
+  std::atomic<int> unit1_runs{0};
+  const RunResult r = job.run([&](int, int unit) {
+    return unit == 1 && unit1_runs++ == 0 ? OnUnit::kReportDamagedInput : OnUnit::kFinish;
+  });
+  EXPECT_EQ(r.outcome.exit_code, kExitOk) << r.outcome.message;
+  EXPECT_TRUE(r.assembled);
+  const auto slices = job.records(r, "fp_slice_done");
+  ASSERT_EQ(slices.size(), 2u);
+  const auto damaged = job.records(r, "file_damaged");
+  ASSERT_EQ(damaged.size(), 1u);
+  EXPECT_EQ(damaged[0]["what"], "cache");
+  EXPECT_EQ(damaged[0]["file"], slices[0]["files"][0]["file"]);
+  std::vector<std::string> inputs;
+  for (const auto& [rank, w] : job.seen.units) {
+    if (w.unit == 1) inputs.push_back(w.x_fp_files.at(0));
+  }
+  EXPECT_EQ(inputs, (std::vector<std::string>{slices[0]["files"][0]["file"], slices[1]["files"][0]["file"]}));
+  EXPECT_EQ(unit1_runs.load(), 2);
+}
+
+// A checkpoint gone before the resume: that unit starts over, the other resumes from its own.
+TEST(EngineInProcess, AMissingCheckpointRestartsItsUnitFromTheBeginning) {
+  InProcessJob job;
+  job.ranks = 2;
+  job.blocks = 2;
+  job.stop_signal = [&] { return job.seen.awaiting_checkpoint.load() >= 2 ? SIGUSR1 : 0; };
+  const RunResult first = job.run([](int, int) { return OnUnit::kAwaitCheckpoint; });
+  ASSERT_EQ(first.outcome.exit_code, kExitStopped);
+  std::map<int, std::string> ck;
+  for (const auto& rec : job.records(first, "unit_checkpoint")) ck[rec["unit"].get<int>()] = rec["file"].get<std::string>();
+  ASSERT_EQ(ck.size(), 2u);
+  fs::remove(job.job.units_dir() / ck[0]);
+  job.seen.units.clear();
+  job.stop_signal = [] { return 0; };
+  const RunResult second = job.run(finish_all);
+  EXPECT_EQ(second.outcome.exit_code, kExitOk) << second.outcome.message;
+  std::map<int, std::string> resumed;
+  for (const auto& [rank, w] : job.seen.units) resumed[w.unit] = w.resume_from;
+  EXPECT_EQ(resumed, (std::map<int, std::string>{{0, ""}, {1, ck[1]}}));
+  const auto damaged = job.records(second, "file_damaged");
+  ASSERT_EQ(damaged.size(), 1u);
+  EXPECT_EQ(damaged[0]["what"], "checkpoint");
+  EXPECT_EQ(damaged[0]["file"], ck[0]);
+}
+
+// A unit whose shard is damaged every time it is written: recomputed once, then the job ends naming
+// the disk rather than looping.
+TEST(EngineInProcess, AFileDamagedAgainAfterItsRecomputeEndsTheJob) {
+  InProcessJob job;
+  job.ranks = 1;
+  job.blocks = 2;
+  const RunResult r = job.run([](int, int unit) { return unit == 1 ? OnUnit::kFinishCorrupted : OnUnit::kFinish; });
+  EXPECT_EQ(r.outcome.exit_code, kExitBadInput);
+  EXPECT_NE(r.outcome.message.find("unit 1 (block 1) was recomputed once in this run already"), std::string::npos)
+      << r.outcome.message;
+  EXPECT_FALSE(r.assembled);
+  EXPECT_EQ(job.records(r, "file_damaged").size(), 1u);
 }
 
 // Real workers: an OmniQuant W4A8 job on a 3-block synthetic model, independent mode, run by one rank

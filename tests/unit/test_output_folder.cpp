@@ -3,6 +3,8 @@
 // refused before any compute, and readers refuse a folder without its manifest or that differs from it.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -122,6 +124,58 @@ TEST(OutputFolder, QuantizeReplacesAnotherModelsOutputWholeAndAnInterruptedAssem
   EXPECT_EQ(r.exit_code, 2) << r.output;
   ASSERT_EQ(q(stories, keep_job).exit_code, 0);  // the journal is complete: the rerun re-assembles
   EXPECT_EQ(test::run_command(eval).exit_code, 0);
+}
+
+}  // namespace
+}  // namespace qforge
+
+namespace qforge {
+namespace {
+
+// A small file system of its own (tmpfs; needs root, as CI runs), unmounted at the end.
+struct SmallDisk {
+  fs::path dir;
+  bool mounted = false;
+  explicit SmallDisk(const std::string& size) : dir(test::make_temp_dir("small-disk")) {
+    mounted = geteuid() == 0 &&
+              test::run_command("mount -t tmpfs -o size=" + size + " tmpfs " + shell_quote(dir.string())).exit_code == 0;
+  }
+  ~SmallDisk() {
+    if (mounted) test::run_command("umount " + shell_quote(dir.string()));
+  }
+};
+
+// Issue 18, case 10: on a disk with room for one job (its unit shards plus one output, 2468 KiB for this
+// RTN job), a second quantization into the same --out fits (the previous output's files go before the new
+// ones are written, so no second copy is ever needed), and a run that filled the disk (here while writing
+// unit shards) leaves nothing that keeps its rerun from fitting once the space is freed; the rerun's
+// output is the same bytes as on an unconstrained disk.
+TEST(OutputFolder, ARerunAfterAFullDiskNeedsNoRoomForASecondCopy) {
+  const fs::path model = test::shared_data() / "models/stories260K-hf";
+  QF_REQUIRE_DATA(model / "model.safetensors");
+  SmallDisk disk("2600k");
+  if (!disk.mounted) GTEST_SKIP() << "needs root to mount a small tmpfs";
+  const fs::path out = disk.dir / "out";
+  const auto q = [&](const fs::path& to, const std::string& bits) {
+    return test::run_command(test::qforge_binary() + " quantize --log-level warn --method rtn --wbits " + bits +
+                             " --model " + shell_quote(model.string()) + " --out " + shell_quote(to.string()));
+  };
+  const fs::path ref = test::make_temp_dir("small-disk-ref") / "out";
+  ASSERT_EQ(q(ref, "4").exit_code, 0);
+  auto r = q(out, "3");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = q(out, "4");  // the W3 output is still there while the W4 job's shards are written
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(test::file_digests(out), test::file_digests(ref));
+
+  write_file_atomic(disk.dir / "filler", std::string(1200 * 1024, 'f'));
+  r = q(out, "4");
+  ASSERT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("No space left on device"), std::string::npos) << r.output;
+  fs::remove(disk.dir / "filler");
+  r = q(out, "4");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(test::file_digests(out), test::file_digests(ref));
 }
 
 }  // namespace

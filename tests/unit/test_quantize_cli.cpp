@@ -202,6 +202,39 @@ TEST_F(QuantizeCli, BadInputsAreRefused) {
   EXPECT_FALSE(fs::exists(dir / "x"));
 }
 
+// Paths that cannot be used (issue 18, case 9) are bad input, exit 2, named by their option and
+// refused before anything is written: a symbolic link loop, a name longer than the file system allows,
+// /proc (writable by permission bits, yet no folder can be made there), and the same as --model.
+TEST_F(QuantizeCli, UnusablePathsAreRefusedAsBadInputBeforeAnythingIsWritten) {
+  QF_REQUIRE_DATA(model / "model.safetensors");
+  fs::create_symlink(dir / "loop-a", dir / "loop-b");
+  fs::create_symlink(dir / "loop-b", dir / "loop-a");
+  const std::string long_name(300, 'n');
+  const std::vector<std::pair<fs::path, std::string>> cases = {
+      {dir / "loop-a" / "out", "Too many levels of symbolic links"},
+      {dir / long_name, "longer than"},
+      {fs::path("/proc/qforge-out"), "cannot create a folder in /proc"},
+  };
+  for (const auto& [out, why] : cases) {
+    const auto r = quantize(out, "--method rtn");
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("--out"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(why), std::string::npos) << r.output;
+  }
+  auto r = quantize(dir / "ok", "--method rtn --job-dir " + shell_quote((dir / long_name / "job").string()));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--job-dir"), std::string::npos) << r.output;
+  // An unusable input path is bad input too (the file system's own words, exit 2, not "internal error").
+  r = test::run_command(test::qforge_binary() + " quantize --method rtn --model " + shell_quote((dir / "loop-a").string()) +
+                        " --out " + shell_quote((dir / "ok").string()));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(r.output.find("internal error"), std::string::npos) << r.output;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    EXPECT_TRUE(name == "loop-a" || name == "loop-b") << name << " was written";
+  }
+}
+
 // A GPU asked for where there is none is refused before the job directory or the output exist (on a
 // GPU machine, cuda:99 is beyond its GPUs and takes the same path; under mpirun: test_engine_mpi.cpp).
 TEST_F(QuantizeCli, AMissingGpuIsRefusedBeforeAnythingIsWritten) {
