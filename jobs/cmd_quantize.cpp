@@ -41,7 +41,14 @@ void add_job_options(po::options_description& job) {
   job.add_options()
       ("model", po::value<std::string>(), "input model folder (HF layout)")
       ("out", po::value<std::string>(), "output folder")
-      ("method", po::value<std::string>()->default_value("affinequant"), "rtn|omniquant|affinequant")
+      ("method", po::value<std::string>()->default_value("affinequant"),
+       "rtn|gptq|omniquant|affinequant (gptq: RTN's grid with --rounding gptq)")
+      ("rounding", po::value<std::string>()->default_value(""),
+       "how codes are chosen on the final grid: rtn (nearest) | gptq (GPTQ error feedback on calibration "
+       "inputs); default gptq for --method gptq, else rtn")
+      ("gptq-damp", po::value<double>()->default_value(0.01), "GPTQ dampening, a fraction of mean(diag H), (0, 1]")
+      ("act-order", po::value<bool>()->default_value(false)->implicit_value(true),
+       "GPTQ: quantize columns in decreasing diag(H) (the grid stays static)")
       ("wbits", po::value<int>()->default_value(4), "weight bits (2..8)")
       ("abits", po::value<int>()->default_value(16), "activation bits (4..16; 16 = weight-only)")
       ("group-size", po::value<std::int64_t>()->default_value(0), "weight group size (0 = per output channel)")
@@ -99,13 +106,27 @@ void add_job_options(po::options_description& job) {
        "and joint units) and exit");
 }
 
+// --rounding and GPTQ's settings.
+void read_rounding(const po::variables_map& vm, QuantizeSpec& s) {
+  std::string rounding = vm["rounding"].as<std::string>();
+  if (rounding.empty()) rounding = s.gptq_method ? "gptq" : "rtn";
+  if (rounding != "gptq" && rounding != "rtn") throw InputError("--rounding", "", "'" + rounding + "' is not rtn or gptq");
+  if (s.gptq_method && rounding != "gptq") throw InputError("--rounding", "", "--method gptq rounds by GPTQ; use --method rtn");
+  s.gptq.enabled = rounding == "gptq";
+  s.gptq.damp = number_in(vm, "gptq-damp", 0, 1, true);
+  s.gptq.act_order = vm["act-order"].as<bool>();
+}
+
 // --model, --out and what the weights become.
 void read_quantization(const po::variables_map& vm, QuantizeSpec& s) {
   if (!vm.count("model")) throw InputError("--model", "", "required");
   if (!vm.count("out")) throw InputError("--out", "", "required");
   s.model = vm["model"].as<std::string>();
   s.out = vm["out"].as<std::string>();
-  s.method = worker::parse_method(vm["method"].as<std::string>());
+  const std::string method = vm["method"].as<std::string>();
+  s.method = worker::parse_method(method == "gptq" ? "rtn" : method);
+  s.gptq_method = method == "gptq";
+  read_rounding(vm, s);
   s.wbits = vm["wbits"].as<int>();
   s.abits = vm["abits"].as<int>();
   if (s.wbits < 2 || s.wbits > 8) throw InputError("--wbits", "", "must be 2..8");
@@ -138,7 +159,7 @@ void read_calibration(const po::variables_map& vm, QuantizeSpec& s) {
   s.compute = worker::parse_compute_precision(vm["compute-dtype"].as<std::string>());
   s.calib.seqlen = count_at_least(vm, "calib-seqlen", 0);
   if (s.calib.seqlen == 0) s.calib.seqlen = std::min<std::int64_t>(2048, s.model_config.max_position_embeddings);
-  if (s.method != worker::Method::kRtn && s.calib.source.empty()) {
+  if (needs_data(s) && s.calib.source.empty()) {
     throw InputError("--calib-data", "", "required for " + vm["method"].as<std::string>() +
                                              " (a text, WikiText, C4 or token file, or model:generate)");
   }
@@ -248,7 +269,7 @@ std::optional<QuantizeSpec> parse_spec(const Args& args, bool allow_help, bool a
   read_recipe(vm, s);
   read_engine(vm, s);
   read_joint(vm, s);
-  QF_LOG(Debug) << "quantize " << s.model.string() << " -> " << s.out.string() << ": " << worker::method_name(s.method) << " W"
+  QF_LOG(Debug) << "quantize " << s.model.string() << " -> " << s.out.string() << ": " << method_label(s) << " W"
                << s.wbits << "A" << s.abits << (s.group_size ? " g" + std::to_string(s.group_size) : "")
                << (s.faithful ? " faithful" : " deployable") << "; recipe " << s.recipe.describe();
   return s;

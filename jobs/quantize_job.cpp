@@ -65,7 +65,14 @@ storage::QuantConfig make_quant_config(const QuantizeSpec& s) {
                    {"batch_size", s.batch_size},
                    {"recipe", s.recipe.describe()},
                    {"fp64_matrices", s.fp64_matrices}};
-  if (s.method == worker::Method::kRtn) q.calibration = {{"recipe", "round to nearest (min/max), no calibration"}};
+  if (s.gptq.enabled) {
+    q.calibration["rounding"] = {{"method", "gptq"}, {"damp", s.gptq.damp}, {"act_order", s.gptq.act_order},
+                                 {"block_size", s.gptq.block_size}};
+  }
+  if (s.method == worker::Method::kRtn && s.gptq.enabled) q.calibration["recipe"] = "RTN's min/max grid, codes by GPTQ";
+  if (s.method == worker::Method::kRtn && !s.gptq.enabled) {
+    q.calibration = {{"recipe", "round to nearest (min/max), no calibration"}};
+  }
   return q;
 }
 
@@ -96,10 +103,20 @@ worker::CalibOptions block_options(const QuantizeSpec& s, int b) {
   co.lwc_lr = s.recipe.lwc_lr;
   co.aug_loss = s.recipe.aug_loss;
   co.precision = s.compute;
+  co.gptq = s.gptq;
   return co;
 }
 
-bool needs_data(const QuantizeSpec& s) { return s.method != worker::Method::kRtn; }
+}  // namespace
+
+bool needs_data(const QuantizeSpec& s) { return s.method != worker::Method::kRtn || s.gptq.enabled; }
+
+std::string method_label(const QuantizeSpec& s) {
+  if (s.method == worker::Method::kRtn) return s.gptq.enabled ? "gptq" : "rtn";
+  return std::string(worker::method_name(s.method)) + (s.gptq.enabled ? "+gptq" : "");
+}
+
+namespace {
 
 // MRECG as the job runs it: enabled for calibrated methods with top-k > 0 and at least two blocks.
 coordinator::JointSpec joint_spec(const QuantizeSpec& s) {
@@ -107,7 +124,7 @@ coordinator::JointSpec joint_spec(const QuantizeSpec& s) {
   coordinator::JointSpec j;
   const int L = static_cast<int>(cfg.num_hidden_layers);
   j.topk = s.joint_topk < 0 ? partition::default_joint_topk(L) : s.joint_topk;
-  j.enabled = needs_data(s) && j.topk > 0 && L > 1;
+  j.enabled = s.method != worker::Method::kRtn && j.topk > 0 && L > 1;  // nothing is trained without a method
   if (!j.enabled) return {};
   j.max_blocks = s.joint_max_blocks;
   j.data_dependent = s.modcap == "probe";
@@ -331,7 +348,7 @@ coordinator::AssemblySpec assembly_spec(const QuantizeSpec& s, const storage::Jo
   a.shard_bytes = s.shard_bytes;
   a.sidecar_metadata = {{"format", "pt"}, {"bits", std::to_string(s.wbits)}, {"group_size", std::to_string(s.group_size)},
                         {"sym", s.sym ? "true" : "false"}};
-  a.report = {{"method", worker::method_name(s.method)}};
+  a.report = {{"method", method_label(s)}};
   a.tokenizer = s.tokenizer;
   a.copy_calibration_tokens = needs_data(s);
   return a;
@@ -401,7 +418,7 @@ worker::EngineSettings engine_settings(const QuantizeSpec& s, const json& prep, 
 }
 
 std::string describe(const QuantizeSpec& s) {
-  return std::string(worker::method_name(s.method)) + " W" + std::to_string(s.wbits) + "A" + std::to_string(s.abits) +
+  return method_label(s) + " W" + std::to_string(s.wbits) + "A" + std::to_string(s.abits) +
          (s.group_size ? " g" + std::to_string(s.group_size) : "") + (s.faithful ? " faithful" : " deployable");
 }
 

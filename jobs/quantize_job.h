@@ -19,6 +19,7 @@
 #include "storage/activation_cache.h"
 #include "storage/hf_config.h"
 #include "storage/quant_config.h"
+#include "worker/gptq.h"
 #include "worker/precision.h"
 #include "worker/recipes.h"
 
@@ -31,6 +32,8 @@ struct QuantizeSpec {
   storage::LlamaConfig model_config;  // the model's config.json, read once when the spec is parsed
   fs::path out;
   worker::Method method = worker::Method::kRtn;
+  bool gptq_method = false;          // --method gptq: rtn's grid, GPTQ's codes
+  worker::GptqOptions gptq;          // --rounding gptq, --gptq-damp, --act-order
   int wbits = 4;
   int abits = 16;
   std::int64_t group_size = 0;
@@ -64,6 +67,12 @@ struct QuantizeSpec {
   int probe_epochs = 0;              // 0: initialisation + forward only
   std::int64_t probe_samples = 16;   // the first N calibration sequences
 };
+
+// Whether the job reads calibration data: every method but plain RTN (GPTQ rounding needs inputs too).
+bool needs_data(const QuantizeSpec& spec);
+// How logs, reports and summaries name the method: "gptq" for RTN's grid with GPTQ rounding, the
+// method with "+gptq" when a learned method's codes come from GPTQ.
+std::string method_label(const QuantizeSpec& spec);
 
 // Runs the whole job (or prints the plan with dry_run); throws InputError for bad input, InternalError
 // for failures. Returns the exit code (non-zero when the job stopped; the reason is already logged).

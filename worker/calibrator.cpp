@@ -21,29 +21,91 @@ at::Tensor map_batches(const at::Tensor& x, std::int64_t batch, const std::funct
   return at::cat(parts, 0);
 }
 
+namespace {
+
+// `fp` with `transforms` folded in, every tensor detached fp32 (what gets quantized).
+BlockWeights folded_weights(const BlockWeights& fp, const BlockTransforms& transforms) {
+  BlockWeights w = transforms.transformed(fp);
+  for (auto* t : {&w.input_norm, &w.post_norm, &w.q_bias, &w.k_bias, &w.v_bias, &w.o_bias, &w.gate_bias, &w.up_bias,
+                  &w.down_bias, &w.input_norm_bias, &w.post_norm_bias, &w.input_norm_inverse, &w.post_norm_inverse}) {
+    if (t->defined()) *t = t->detach().to(at::kFloat).contiguous();
+  }
+  for (std::size_t i = 0; i < linear_names().size(); ++i) linear_weight(w, i) = linear_weight(w, i).detach().to(at::kFloat);
+  return w;
+}
+
+// Linear i's grid: min/max of the folded weight, within the learned clipping when there is one.
+WeightQParams grid_of(const BlockWeights& w, const BlockTransforms& transforms, std::size_t i, const WeightQuantSpec& spec) {
+  ClipParams clip = transforms.clip(i);
+  if (clip.defined()) clip = {clip.upper.detach(), clip.lower.detach()};
+  return weight_qparams(linear_weight(w, i), spec, clip);
+}
+
+// Stores `codes` on grid `qp` and replaces the weight by their dequantization from the stored fp16
+// scales and integer zeros: exactly what an exporter reproduces.
+QuantizedLinear store(at::Tensor& weight, const at::Tensor& codes, const WeightQuantSpec& spec, const WeightQParams& qp) {
+  QuantizedLinear q;
+  q.codes = codes;
+  q.scales = qp.scale.to(at::kHalf).contiguous();
+  q.zeros = qp.zero.to(at::kInt).contiguous();
+  weight = dequantize_weight(q.codes, spec, {q.scales.to(at::kFloat), q.zeros.to(at::kFloat)});
+  return q;
+}
+
+// GPTQ's "true sequential" order inside a block: each stage's linears share one input, which is taken
+// from a forward with the earlier stages already quantized.
+const std::vector<std::vector<std::size_t>>& gptq_stages() {
+  static const std::vector<std::vector<std::size_t>> stages = {{0, 1, 2}, {3}, {4, 5}, {6}};  // q k v | o | gate up | down
+  return stages;
+}
+
+// The input the stage's linears see in the deployed model (activation fake-quantization included).
+at::Tensor stage_input(std::size_t stage, const BlockTaps& taps, const ActQuantSpec& acts) {
+  switch (stage) {
+    case 0: return taps.qkv_input;
+    case 1: return fake_quant_act(taps.o_input, acts);
+    case 2: return taps.fc1_input;
+    default: return taps.down_input;
+  }
+}
+
+}  // namespace
+
 BlockResult finalize_block(const BlockWeights& fp, const BlockTransforms& transforms, const WeightQuantSpec& spec) {
   at::NoGradGuard no_grad;
   BlockResult r;
-  r.weights = transforms.transformed(fp);
-  for (auto* t : {&r.weights.input_norm, &r.weights.post_norm, &r.weights.q_bias, &r.weights.k_bias,
-                  &r.weights.v_bias, &r.weights.o_bias, &r.weights.gate_bias, &r.weights.up_bias,
-                  &r.weights.down_bias, &r.weights.input_norm_bias, &r.weights.post_norm_bias,
-                  &r.weights.input_norm_inverse, &r.weights.post_norm_inverse}) {
-    if (t->defined()) *t = t->detach().to(at::kFloat).contiguous();
-  }
+  r.weights = folded_weights(fp, transforms);
   for (std::size_t i = 0; i < linear_names().size(); ++i) {
     at::Tensor& W = linear_weight(r.weights, i);
-    W = W.detach().to(at::kFloat);
-    ClipParams clip = transforms.clip(i);
-    if (clip.defined()) clip = {clip.upper.detach(), clip.lower.detach()};
-    WeightQParams qp = weight_qparams(W, spec, clip);
-    QuantizedLinear q;
-    q.codes = weight_codes(W, spec, qp);
-    q.scales = qp.scale.to(at::kHalf).contiguous();
-    q.zeros = qp.zero.to(at::kInt).contiguous();
-    // Rebuilt from the stored fp16 scales and integer zeros: exactly what an exporter reproduces.
-    W = dequantize_weight(q.codes, spec, {q.scales.to(at::kFloat), q.zeros.to(at::kFloat)});
-    r.linears.push_back(std::move(q));
+    const WeightQParams qp = grid_of(r.weights, transforms, i, spec);
+    r.linears.push_back(store(W, weight_codes(W, spec, qp), spec, qp));
+  }
+  return r;
+}
+
+BlockResult finalize_block_gptq(const storage::LlamaConfig& c, const BlockWeights& fp, const BlockTransforms& transforms,
+                                const CalibOptions& o, const at::Tensor& x, const RopeTables& rope, std::int64_t batch,
+                                TeamReducer* reducer, const std::string& label) {
+  at::NoGradGuard no_grad;
+  BlockResult r;
+  r.weights = folded_weights(fp, transforms);
+  r.linears.resize(linear_names().size());
+  for (std::size_t stage = 0; stage < gptq_stages().size(); ++stage) {
+    const auto& members = gptq_stages()[stage];
+    const std::int64_t in = linear_weight(r.weights, members.front()).size(1);
+    std::vector<at::Tensor> h{at::zeros({in, in}, at::kFloat)};
+    for (std::int64_t s = 0; s < x.size(0); s += batch) {
+      BlockTaps taps;
+      block_forward(c, r.weights, x.slice(0, s, s + batch), rope, o.acts, &taps);
+      add_to_hessian(h[0], stage_input(stage, taps, o.acts));
+    }
+    if (reducer) reducer->sum(h);  // the team's samples, summed in a fixed order: every rank gets the same codes
+    for (std::size_t i : members) {
+      at::Tensor& W = linear_weight(r.weights, i);
+      const WeightQParams qp = grid_of(r.weights, transforms, i, o.weights);
+      const GptqResult g = gptq_quantize(W, h[0], o.weights, qp, o.gptq, label + " " + linear_names()[i]);
+      r.linears[i] = store(W, g.codes, o.weights, qp);
+    }
   }
   return r;
 }
@@ -337,8 +399,17 @@ UnitResult calibrate_unit(const storage::LlamaConfig& c, const std::vector<Block
     trainer.begin_epoch(o.epochs - 1);
   }
   std::vector<BlockWeights> folded;
+  at::Tensor x_block = x_q;  // GPTQ: the quantized stream into block b, through the blocks already quantized
   for (int b = 0; b < trainer.blocks(); ++b) {
-    BlockResult br = finalize_block(fp[static_cast<std::size_t>(b)], trainer.transforms(b), options[static_cast<std::size_t>(b)].weights);
+    const CalibOptions& ob = options[static_cast<std::size_t>(b)];
+    QF_CHECK(!ob.gptq.enabled || has_data, label + ": GPTQ rounding needs the unit's calibration inputs");
+    BlockResult br = ob.gptq.enabled
+                         ? finalize_block_gptq(c, fp[static_cast<std::size_t>(b)], trainer.transforms(b), ob, x_block, rope, bs,
+                                               reducer, label + " block " + std::to_string(b))
+                         : finalize_block(fp[static_cast<std::size_t>(b)], trainer.transforms(b), ob.weights);
+    if (ob.gptq.enabled && b + 1 < trainer.blocks()) {
+      x_block = map_batches(x_block, bs, [&](const at::Tensor& x) { return block_forward(c, br.weights, x, rope, ob.acts); });
+    }
     br.transform_state = trainer.transforms(b).state();
     folded.push_back(br.weights);
     r.blocks.push_back(std::move(br));

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "worker/block_transforms.h"
+#include "worker/gptq.h"
 #include "worker/precision.h"
 
 namespace torch::optim {
@@ -60,6 +61,7 @@ struct CalibOptions {
   double lwc_lr = 1e-2;
   double weight_decay = 0.0;
   bool aug_loss = false;
+  GptqOptions gptq;  // codes by GPTQ on the final grid (after training and folding) instead of nearest
 };
 
 struct QuantizedLinear {
@@ -235,5 +237,12 @@ ProbeResult probe_block(const storage::LlamaConfig& config, const BlockWeights& 
 
 // Folds `transforms` into `fp` and quantizes the seven linears (no gradient).
 BlockResult finalize_block(const BlockWeights& fp, const BlockTransforms& transforms, const WeightQuantSpec& spec);
+// The same grid with GPTQ's codes (worker/gptq.h): the Hessian of each linear from its inputs in the
+// deployed block on x (this rank's rows of the quantized stream into the block, summed over the team by
+// `reducer`), in true-sequential order (q/k/v, then o, then gate/up, then down, each stage's inputs
+// computed with the earlier stages quantized), activation fake-quantization included.
+BlockResult finalize_block_gptq(const storage::LlamaConfig& config, const BlockWeights& fp, const BlockTransforms& transforms,
+                                const CalibOptions& options, const at::Tensor& x, const RopeTables& rope,
+                                std::int64_t batch, TeamReducer* reducer, const std::string& label);
 
 }  // namespace qforge::worker

@@ -140,8 +140,9 @@ at::Tensor block_forward(const storage::LlamaConfig& c, const BlockWeights& w, c
 
   auto n2 = aq(block_norm(h, w.post_norm, w.post_norm_bias, w.post_norm_inverse, c.rms_norm_eps));
   if (taps) taps->fc1_input = n2;
-  auto mlp = at::silu(linear(n2, w.gate, w.gate_bias)) * linear(n2, w.up, w.up_bias);
-  return h + linear(aq(mlp), w.down, w.down_bias);
+  auto mlp = aq(at::silu(linear(n2, w.gate, w.gate_bias)) * linear(n2, w.up, w.up_bias));
+  if (taps) taps->down_input = mlp;
+  return h + linear(mlp, w.down, w.down_bias);
 }
 
 at::Tensor block_decode(const storage::LlamaConfig& c, const BlockWeights& w, const at::Tensor& x,

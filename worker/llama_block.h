@@ -54,6 +54,7 @@ struct BlockTaps {
   at::Tensor qkv_input;   // norm1 output (input of q/k/v)
   at::Tensor o_input;     // attention output (input of o_proj)
   at::Tensor fc1_input;   // norm2 output (input of gate/up)
+  at::Tensor down_input;  // silu(gate) * up as down_proj sees it (activation-quantized when that is on)
 };
 
 // x: [batch, seqlen, hidden] -> same shape.
