@@ -49,6 +49,10 @@ void add_job_options(po::options_description& job) {
       ("gptq-damp", po::value<double>()->default_value(0.01), "GPTQ dampening, a fraction of mean(diag H), (0, 1]")
       ("act-order", po::value<bool>()->default_value(false)->implicit_value(true),
        "GPTQ: quantize columns in decreasing diag(H) (the grid stays static)")
+      ("rotate", po::value<std::string>()->default_value("none"),
+       "none | hadamard | random-orthogonal: rotations R1 (residual stream) and R2 (per head, v->o) folded "
+       "into the model before calibration (a randomised Hadamard matrix where one is built, else random orthogonal)")
+      ("rotate-seed", po::value<std::uint64_t>()->default_value(0), "seed of the rotations' random signs or matrices")
       ("wbits", po::value<int>()->default_value(4), "weight bits (2..8)")
       ("abits", po::value<int>()->default_value(16), "activation bits (4..16; 16 = weight-only)")
       ("group-size", po::value<std::int64_t>()->default_value(0), "weight group size (0 = per output channel)")
@@ -127,6 +131,8 @@ void read_quantization(const po::variables_map& vm, QuantizeSpec& s) {
   s.method = worker::parse_method(method == "gptq" ? "rtn" : method);
   s.gptq_method = method == "gptq";
   read_rounding(vm, s);
+  s.rotate = worker::parse_rotation_kind(vm["rotate"].as<std::string>());
+  s.rotate_seed = vm["rotate-seed"].as<std::uint64_t>();
   s.wbits = vm["wbits"].as<int>();
   s.abits = vm["abits"].as<int>();
   if (s.wbits < 2 || s.wbits > 8) throw InputError("--wbits", "", "must be 2..8");

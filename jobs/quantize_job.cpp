@@ -36,6 +36,7 @@
 #include "storage/journal.h"
 #include "storage/output_folder.h"
 #include "storage/safetensors.h"
+#include "worker/rotation.h"
 #include "storage/token_file.h"
 #include "storage/tokenizer.h"
 #include "worker/engine_worker.h"
@@ -183,6 +184,7 @@ json job_identity(const QuantizeSpec& s, const std::string& model_fp, const coor
                       {"batch_size", s.batch_size},
                       {"fp64_matrices", s.fp64_matrices},
                       {"compute_dtype", worker::compute_precision_name(s.compute)},
+                      {"rotate", {{"kind", worker::rotation_kind_name(s.rotate)}, {"seed", s.rotate_seed}}},
                       {"cache_dtype", storage::cache_dtype_name(s.cache_dtype)}}},
           {"mode", partition::engine_mode_name(s.mode)},
           {"team_size", s.team_size},
@@ -306,6 +308,25 @@ std::optional<at::Device> rank_device(const QuantizeSpec& s, const MpiSession& m
   return device;
 }
 
+// --rotate: the rotated FP model, written once (into a temporary folder renamed into place, so a crash
+// leaves no half-written model that a resume would take).
+void write_rotated_model_once(const QuantizeSpec& s, const storage::JobLayout& jd) {
+  if (fs::exists(jd.rotation_record_path())) return;
+  const fs::path tmp = temp_path_for(jd.rotated_model_dir());
+  fs::remove_all(tmp);
+  const json record = worker::write_rotated_model(s.model, tmp, s.rotate, s.rotate_seed);
+  write_file_atomic(tmp / "qforge-rotation.json", record.dump(1) + "\n");
+  fs::remove_all(jd.rotated_model_dir());
+  fs::rename(tmp, jd.rotated_model_dir());
+  QF_LOG(Info) << "rotated the model: R1 " << record["r1"].get<std::string>() << "; R2 " << record["r2"].get<std::string>()
+               << (s.model_config.tie_word_embeddings ? "; tied embeddings are untied in the output" : "");
+}
+
+// The FP model the engine quantizes: the input, or with --rotate its rotated copy in the job directory.
+fs::path engine_model(const QuantizeSpec& s) {
+  return s.rotate == worker::RotationKind::kNone ? s.model : storage::JobLayout(job_dir_of(s)).rotated_model_dir();
+}
+
 // Rank 0: create or check the job directory. Returns what every rank needs to know.
 json prepare_job_dir(const QuantizeSpec& s, const partition::Plan& plan, int default_threads) {
   const storage::JobLayout jd(job_dir_of(s));
@@ -322,6 +343,7 @@ json prepare_job_dir(const QuantizeSpec& s, const partition::Plan& plan, int def
   }
   fs::create_directories(jd.units_dir());
   fs::create_directories(jd.cache_dir());
+  if (s.rotate != worker::RotationKind::kNone) write_rotated_model_once(s, jd);
 
   if (needs_data(s) && !fs::exists(jd.calibration_path())) {
     // Drawn once, at the first start; a resumed run reads the same windows back.
@@ -339,11 +361,14 @@ json prepare_job_dir(const QuantizeSpec& s, const partition::Plan& plan, int def
 
 coordinator::AssemblySpec assembly_spec(const QuantizeSpec& s, const storage::JobLayout& jd) {
   coordinator::AssemblySpec a;
-  a.model = s.model;
+  a.model = engine_model(s);
   a.out = s.out;
   a.job = jd;
-  a.out_config = s.model_config;
+  a.out_config = s.rotate == worker::RotationKind::kNone ? s.model_config : storage::read_llama_config(a.model);
   a.out_config.quant = make_quant_config(s);
+  if (s.rotate != worker::RotationKind::kNone) {
+    a.out_config.quant->calibration["rotation"] = json::parse(read_file(jd.rotation_record_path()));
+  }
   a.model_dtype = storage::from_scalar_type(worker::parse_compute_dtype(a.out_config.torch_dtype));
   a.shard_bytes = s.shard_bytes;
   a.sidecar_metadata = {{"format", "pt"}, {"bits", std::to_string(s.wbits)}, {"group_size", std::to_string(s.group_size)},
@@ -397,7 +422,7 @@ bool same_job_dir_everywhere(const storage::JobLayout& jd, const std::string& jo
 // Identical on every rank (all parse the same command line), except the device.
 worker::EngineSettings engine_settings(const QuantizeSpec& s, const json& prep, const at::Device& device) {
   worker::EngineSettings es;
-  es.model = s.model;
+  es.model = engine_model(s);
   es.job = storage::JobLayout(job_dir_of(s));
   es.model_fingerprint = prep.at("model_fingerprint").get<std::string>();
   es.job_fingerprint = prep.at("job_fingerprint").get<std::string>();
@@ -419,7 +444,8 @@ worker::EngineSettings engine_settings(const QuantizeSpec& s, const json& prep, 
 
 std::string describe(const QuantizeSpec& s) {
   return method_label(s) + " W" + std::to_string(s.wbits) + "A" + std::to_string(s.abits) +
-         (s.group_size ? " g" + std::to_string(s.group_size) : "") + (s.faithful ? " faithful" : " deployable");
+         (s.group_size ? " g" + std::to_string(s.group_size) : "") + (s.faithful ? " faithful" : " deployable") +
+         (s.rotate != worker::RotationKind::kNone ? std::string(", rotated (") + worker::rotation_kind_name(s.rotate) + ")" : "");
 }
 
 void log_job_start(const QuantizeSpec& s, const worker::EngineSettings& es, int ranks, int threads) {

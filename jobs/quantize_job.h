@@ -20,6 +20,7 @@
 #include "storage/hf_config.h"
 #include "storage/quant_config.h"
 #include "worker/gptq.h"
+#include "worker/hadamard.h"
 #include "worker/precision.h"
 #include "worker/recipes.h"
 
@@ -34,6 +35,8 @@ struct QuantizeSpec {
   worker::Method method = worker::Method::kRtn;
   bool gptq_method = false;          // --method gptq: rtn's grid, GPTQ's codes
   worker::GptqOptions gptq;          // --rounding gptq, --gptq-damp, --act-order
+  worker::RotationKind rotate = worker::RotationKind::kNone;  // --rotate: R1/R2 folded before calibration
+  std::uint64_t rotate_seed = 0;
   int wbits = 4;
   int abits = 16;
   std::int64_t group_size = 0;

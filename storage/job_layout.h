@@ -34,6 +34,10 @@ class JobLayout {
   fs::path calibration_path() const { return root_ / "calibration.tok"; }
   fs::path journal_path() const { return root_ / "journal.log"; }
   fs::path lock_path() const { return root_ / "lock"; }  // storage/job_lock.h: the running job's claim
+  // --rotate: the rotated FP model the engine quantizes (an HF folder, written once at the first start)
+  // and, inside it, what rotation it holds.
+  fs::path rotated_model_dir() const { return root_ / "rotated-model"; }
+  fs::path rotation_record_path() const { return rotated_model_dir() / "qforge-rotation.json"; }
   fs::path units_dir() const { return root_ / "units"; }
   fs::path cache_dir() const { return root_ / "cache"; }
   fs::path unit_shard(int unit) const { return units_dir() / unit_shard_name(unit); }

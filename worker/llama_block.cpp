@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 
+#include "common/error.h"
 #include "partition/model_index.h"
 
 namespace qforge::worker {
@@ -19,6 +20,26 @@ at::Tensor load_tensor(const storage::CheckpointReader& ckpt, int block, const s
 }
 
 }  // namespace
+
+const at::Tensor& BlockWeights::tensor(const std::string& suffix) const {
+  const std::pair<const char*, const at::Tensor*> table[] = {
+      {"input_layernorm.weight", &input_norm}, {"post_attention_layernorm.weight", &post_norm},
+      {"self_attn.q_proj.weight", &q},         {"self_attn.k_proj.weight", &k},
+      {"self_attn.v_proj.weight", &v},         {"self_attn.o_proj.weight", &o},
+      {"mlp.gate_proj.weight", &gate},         {"mlp.up_proj.weight", &up},
+      {"mlp.down_proj.weight", &down},         {"self_attn.q_proj.bias", &q_bias},
+      {"self_attn.k_proj.bias", &k_bias},      {"self_attn.v_proj.bias", &v_bias},
+      {"self_attn.o_proj.bias", &o_bias},      {"mlp.gate_proj.bias", &gate_bias},
+      {"mlp.up_proj.bias", &up_bias},          {"mlp.down_proj.bias", &down_bias},
+      {"input_layernorm.bias", &input_norm_bias}, {"post_attention_layernorm.bias", &post_norm_bias},
+      {"input_layernorm.affine_inverse", &input_norm_inverse},
+      {"post_attention_layernorm.affine_inverse", &post_norm_inverse},
+  };
+  for (const auto& [name, t] : table) {
+    if (suffix == name) return *t;
+  }
+  throw InternalError("no block tensor named '" + suffix + "'");
+}
 
 BlockWeights BlockWeights::load(const storage::CheckpointReader& ckpt, const storage::LlamaConfig& c, int index,
                                 at::ScalarType dtype, const at::Device& device) {

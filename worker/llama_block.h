@@ -34,6 +34,9 @@ struct BlockWeights {
   static BlockWeights load(const storage::CheckpointReader& ckpt, const storage::LlamaConfig& config, int index,
                            at::ScalarType dtype, const at::Device& device);
   std::uint64_t nbytes() const;
+  // The tensor a checkpoint stores under block suffix `suffix` ("self_attn.q_proj.weight", ...; the
+  // names of partition::expected_block_tensors); InternalError for an unknown suffix.
+  const at::Tensor& tensor(const std::string& suffix) const;
   // A copy on `device` (every defined tensor; dtypes kept).
   BlockWeights to(const at::Device& device) const;
   // A seeded-by-the-caller random block with the config's shapes (no biases): matrices N(0, weight_std²),
