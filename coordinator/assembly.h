@@ -1,8 +1,8 @@
 // Checkpoint assembly: the coordinator's last step. Streams the per-unit result shards of the job
 // directory (just checked by the coordinator against the digests the journal recorded) and the
 // model's global tensors into a normal sharded HF folder: model*.safetensors (+ index),
-// quantization*.safetensors (the sidecar of integer codes, fp16 scales, int32 zeros), config.json with quantization_config, calibration_report.json,
-// oscillation.json/.svg (coordinator/oscillation.h; also into the job directory), calibration.tok and
+// quantization*.safetensors (the sidecar of integer codes, fp16 scales, int32 zeros), config.json with
+// quantization_config, calibration_report.json, oscillation.json/.svg (coordinator/oscillation.h; also into the job directory), calibration.tok and
 // the tokenizer files. One tensor is in memory at a time. Output files hold no
 // paths, times, job ids or launcher names: equal work gives equal bytes.
 #pragma once

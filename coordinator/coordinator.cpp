@@ -91,12 +91,10 @@ struct Coordinator::Impl {
     return r;
   }
 
-  std::string unit_label(int unit) const { return state.unit_text(unit); }
-
   std::string label(const protocol::Work& w) const {
     if (std::holds_alternative<protocol::FpPassWork>(w)) return "the FP pass";
     if (std::holds_alternative<protocol::ProbeWork>(w)) return "the MRECG probes";
-    return unit_label(std::get<protocol::UnitWork>(w).unit);
+    return state.unit_text(std::get<protocol::UnitWork>(w).unit);
   }
 
   // The assignment rank r is working on (it has not answered yet), if any.
@@ -210,7 +208,7 @@ struct Coordinator::Impl {
     record({{"type", "unit_assigned"}, {"unit", u}, {"kind", "unit"}, {"attempt", id}, {"team", team},
             {"ranks", run.ranks}});
     for (int r : run.ranks) send(r, protocol::Assign{id, run.ranks, w});
-    QF_LOG(Debug) << unit_label(u) << " -> team " << team;
+    QF_LOG(Debug) << state.unit_text(u) << " -> team " << team;
     start(std::move(run), team);
   }
 
@@ -271,10 +269,10 @@ struct Coordinator::Impl {
   // The team leader's checkpoint of a unit stopped by a stop signal.
   void on_unit_stopped(std::map<std::int64_t, Running>::iterator it, const protocol::Done& lead) {
     const int u = std::get<protocol::UnitWork>(it->second.work.at(lead.rank)).unit;
-    QF_CHECK(lead.checkpoint.has_value(), "team leader sent no checkpoint for " + unit_label(u));
+    QF_CHECK(lead.checkpoint.has_value(), "team leader sent no checkpoint for " + state.unit_text(u));
     record({{"type", "unit_checkpoint"}, {"unit", u}, {"attempt", lead.assignment}, {"file", lead.checkpoint->name},
             {"digest", lead.checkpoint->sha256}, {"epoch", lead.report.at("epoch")}, {"step", lead.report.at("step")}});
-    QF_LOG(Info) << unit_label(u) << " checkpointed at epoch " << lead.report.at("epoch").get<int>() + 1 << " step "
+    QF_LOG(Info) << state.unit_text(u) << " checkpointed at epoch " << lead.report.at("epoch").get<int>() + 1 << " step "
                  << lead.report.at("step").get<std::int64_t>() << " (" << lead.checkpoint->name << ")";
     finish(it);
   }
@@ -285,7 +283,7 @@ struct Coordinator::Impl {
     const protocol::Done& lead = run.dones.at(run.ranks.front());
     const int u = std::get<protocol::UnitWork>(run.work.at(lead.rank)).unit;
     if (lead.stopped) return on_unit_stopped(it, lead);
-    QF_CHECK(lead.shard.has_value(), "team leader sent no result shard for " + unit_label(u));
+    QF_CHECK(lead.shard.has_value(), "team leader sent no result shard for " + state.unit_text(u));
     json ranks = json::array();
     double secs = 0;
     for (int r : run.ranks) {
@@ -304,7 +302,7 @@ struct Coordinator::Impl {
     if (lead.report.contains("final_loss")) {
       losses = ": unit-output MSE " + lead.report["initial_loss"].dump() + " -> " + lead.report["final_loss"].dump();
     }
-    QF_LOG(Info) << unit_label(u) << " done on team " << run.team << " in " << format_duration(secs) << losses;
+    QF_LOG(Info) << state.unit_text(u) << " done on team " << run.team << " in " << format_duration(secs) << losses;
     finish(it);
     remove_dead_checkpoints(u);
     meter.update(state.done_count());
@@ -421,6 +419,7 @@ struct Coordinator::Impl {
     for (bool again = true; again && !failed;) {
       again = false;
       const auto drop = [&](const std::string& file, const char* what, const std::string& reason) {
+        if (failed) return;  // a second failure would send a second SHUTDOWN
         again = drop_damaged(file, what, reason);
         ++dropped;
       };
@@ -429,7 +428,6 @@ struct Coordinator::Impl {
         const json& rec = state.done_record(u);
         const std::string problem = file_problem(s.job.units_dir() / rec.at("shard").get<std::string>(), rec.at("digest"));
         if (!problem.empty()) drop(rec.at("shard").get<std::string>(), "shard", problem);
-        if (failed) return dropped;
       }
       for (int u = 0; u < state.units(); ++u) {
         const json& ck = state.checkpoint(u);

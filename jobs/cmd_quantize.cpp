@@ -110,12 +110,12 @@ void add_job_options(po::options_description& job) {
        "and joint units) and exit");
 }
 
-// --rounding and GPTQ's settings.
-void read_rounding(const po::variables_map& vm, QuantizeSpec& s) {
+// --rounding and GPTQ's settings (`gptq_method`: --method gptq, RTN's grid with GPTQ's codes).
+void read_rounding(const po::variables_map& vm, bool gptq_method, QuantizeSpec& s) {
   std::string rounding = vm["rounding"].as<std::string>();
-  if (rounding.empty()) rounding = s.gptq_method ? "gptq" : "rtn";
+  if (rounding.empty()) rounding = gptq_method ? "gptq" : "rtn";
   if (rounding != "gptq" && rounding != "rtn") throw InputError("--rounding", "", "'" + rounding + "' is not rtn or gptq");
-  if (s.gptq_method && rounding != "gptq") throw InputError("--rounding", "", "--method gptq rounds by GPTQ; use --method rtn");
+  if (gptq_method && rounding != "gptq") throw InputError("--rounding", "", "--method gptq rounds by GPTQ; use --method rtn");
   s.gptq.enabled = rounding == "gptq";
   s.gptq.damp = number_in(vm, "gptq-damp", 0, 1, true);
   s.gptq.act_order = vm["act-order"].as<bool>();
@@ -129,8 +129,7 @@ void read_quantization(const po::variables_map& vm, QuantizeSpec& s) {
   s.out = vm["out"].as<std::string>();
   const std::string method = vm["method"].as<std::string>();
   s.method = worker::parse_method(method == "gptq" ? "rtn" : method);
-  s.gptq_method = method == "gptq";
-  read_rounding(vm, s);
+  read_rounding(vm, method == "gptq", s);
   s.rotate = worker::parse_rotation_kind(vm["rotate"].as<std::string>());
   s.rotate_seed = vm["rotate-seed"].as<std::uint64_t>();
   s.wbits = vm["wbits"].as<int>();

@@ -33,7 +33,6 @@ struct QuantizeSpec {
   storage::LlamaConfig model_config;  // the model's config.json, read once when the spec is parsed
   fs::path out;
   worker::Method method = worker::Method::kRtn;
-  bool gptq_method = false;          // --method gptq: rtn's grid, GPTQ's codes
   worker::GptqOptions gptq;          // --rounding gptq, --gptq-damp, --act-order
   worker::RotationKind rotate = worker::RotationKind::kNone;  // --rotate: R1/R2 folded before calibration
   std::uint64_t rotate_seed = 0;

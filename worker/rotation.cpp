@@ -8,7 +8,6 @@
 #include "partition/model_index.h"
 #include "storage/hf_config.h"
 #include "storage/safetensors.h"
-#include "worker/rope.h"
 
 namespace qforge::worker {
 
@@ -116,14 +115,6 @@ nlohmann::json write_rotated_model(const fs::path& model, const fs::path& out, R
   storage::write_llama_config(out, cfg);
   storage::copy_model_side_files(model, out);
   return {{"kind", rotation_kind_name(kind)}, {"seed", seed}, {"r1", r1.construction}, {"r2", r2.construction}};
-}
-
-at::Tensor model_logits(const storage::LlamaConfig& c, const ModelWeights& m, const at::Tensor& ids) {
-  at::NoGradGuard no_grad;
-  const RopeTables rope = make_rope_tables(c, ids.size(1), at::kCPU);
-  at::Tensor h = at::embedding(m.embed, ids);
-  for (const BlockWeights& b : m.blocks) h = block_forward(c, b, h, rope);
-  return at::matmul(rms_norm(h, m.final_norm, c.rms_norm_eps), m.head.t());
 }
 
 }  // namespace qforge::worker

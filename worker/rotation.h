@@ -46,8 +46,4 @@ void rotate_block(const storage::LlamaConfig& config, BlockWeights& block, const
 nlohmann::json write_rotated_model(const std::filesystem::path& model, const std::filesystem::path& out, RotationKind kind,
                                    std::uint64_t seed);
 
-// Logits [batch, T, vocab] of the model on token ids [batch, T] (no activation quantization), in the
-// weights' dtype: the reference the rotation tests compare.
-at::Tensor model_logits(const storage::LlamaConfig& config, const ModelWeights& model, const at::Tensor& ids);
-
 }  // namespace qforge::worker

@@ -63,6 +63,15 @@ TEST(Hadamard, RotationsAreOrthogonalSeededAndSayWhatTheyAre) {
   EXPECT_THROW(parse_rotation_kind("givens"), InputError);
 }
 
+// Logits of a model held as tensors, in their dtype (no activation quantization).
+at::Tensor model_logits(const storage::LlamaConfig& c, const ModelWeights& m, const at::Tensor& ids) {
+  at::NoGradGuard no_grad;
+  const RopeTables rope = make_rope_tables(c, ids.size(1), at::kCPU);
+  at::Tensor h = at::embedding(m.embed, ids);
+  for (const BlockWeights& b : m.blocks) h = block_forward(c, b, h, rope);
+  return at::matmul(rms_norm(h, m.final_norm, c.rms_norm_eps), m.head.t());
+}
+
 storage::LlamaConfig config(int hidden, int heads, int kv_heads, bool tied) {
   const nlohmann::json j = {{"architectures", {"LlamaForCausalLM"}}, {"hidden_size", hidden}, {"intermediate_size", 40},
                             {"num_hidden_layers", 2}, {"num_attention_heads", heads}, {"num_key_value_heads", kv_heads},
