@@ -5,7 +5,8 @@
 #
 #   bench/quality_table.sh [MODEL_DIR] [CALIB_FILE] [EVAL_FILE] [OUT_DIR]
 # Environment: SETTINGS ("w4a16g128 w3a16 w2a16g64 w4a4 w6a6"), METHODS ("rtn omniquant affinequant
-# affinequant-faithful"), SEEDS ("2 3"), NSAMPLES (32), SEQLEN (256), EPOCHS (10), JOBS (parallel runs, 2),
+# affinequant-faithful"; a method may carry suffixes: +gptq for --rounding gptq (gptq alone is
+# --method gptq), +had for --rotate hadamard with --rotate-seed = the seed, e.g. "affinequant+gptq+had"), SEEDS ("2 3"), NSAMPLES (32), SEQLEN (256), EPOCHS (10), JOBS (parallel runs, 2),
 # QFORGE (build/jobs/qforge), TOKENIZER (for models without one in their folder), EXTRA (more quantize
 # flags, e.g. "--joint-topk 0" for block-wise). Results are appended to OUT_DIR/results.tsv, and runs
 # already there are skipped, so the script can be resumed; each run's oscillation.json is kept in
@@ -38,14 +39,19 @@ flags_of() {  # setting -> quantize flags
 }
 
 run_one() {  # setting method seed
-  local s="$1" m="$2" seed="$3" dir="$out/$1-$2-$3" method="$2" extra=""
+  local s="$1" m="$2" seed="$3" dir="$out/$1-$2-$3" method extra=""
   grep -q "^$s	$m	$seed	" "$results" && return 0
-  [ "$m" = "affinequant-faithful" ] && method=affinequant && extra="--faithful"
-  local t0=$SECONDS
+  method="${m%%+*}"
+  [ "$method" = "affinequant-faithful" ] && method=affinequant && extra="--faithful"
+  [[ "$m" == *+gptq* ]] && extra="$extra --rounding gptq"
+  [[ "$m" == *+had* ]] && extra="$extra --rotate hadamard --rotate-seed $seed"
+  local t0
+  t0=$(date +%s.%N)
   "$qforge" quantize --model "$model" --out "$dir" --method "$method" $extra $(flags_of "$s") \
     --calib-data "$calib" --nsamples "$nsamples" --calib-seqlen "$seqlen" --seed "$seed" --epochs "$epochs" \
     --threads 1 --log-level warn "${tok_flag[@]}" ${EXTRA:-} > "$dir.log" 2>&1 || { echo "failed: $dir (see $dir.log)" >&2; return 0; }
-  local q=$((SECONDS - t0))
+  local q
+  q=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
   local j
   j=$("$qforge" eval --model "$dir" --reference "$model" --data "$evalf" --seqlen "$seqlen" --json --threads 1 \
         --log-level warn "${tok_flag[@]}" 2>/dev/null | tail -1) || { echo "eval failed: $dir" >&2; return 0; }
@@ -59,6 +65,7 @@ run_one() {  # setting method seed
   rm -rf "$dir"
 }
 
+blocks=$(grep -o '"num_hidden_layers": *[0-9]*' "$model/config.json" | grep -o '[0-9]*$')
 fp=$("$qforge" eval --model "$model" --data "$evalf" --seqlen "$seqlen" --json --log-level warn "${tok_flag[@]}" 2>/dev/null | tail -1 |
      grep -o '"ppl":[^,}]*' | cut -d: -f2)
 echo "FP perplexity: $fp" > "$out/fp.txt"
@@ -74,14 +81,16 @@ done
 wait
 
 echo "model $(basename "$model"), FP perplexity $fp; calibration $nsamples x $seqlen tokens, $epochs epochs; seeds $seeds"
-echo "cell: perplexity / KL(FP||q) in nats per token (mean over seeds; ± half the seed spread)"
-awk -F'\t' -v settings="$settings" -v methods="$methods" '
-  { k = $1 SUBSEP $2; n[k]++; p[k] += $4; kl[k] += $5;
+echo "cell: perplexity / KL(FP||q) in nats per token (mean over seeds; ± half the seed spread); s/block: quantize"
+echo "wall time per block (calibration data, rotation and writing included), mean over the row's runs"
+awk -F'\t' -v settings="$settings" -v methods="$methods" -v blocks="$blocks" '
+  { k = $1 SUBSEP $2; n[k]++; p[k] += $4; kl[k] += $5; t[$2] += $6; nt[$2]++;
     if (!(k in lo) || $4 < lo[k]) lo[k] = $4; if (!(k in hi) || $4 > hi[k]) hi[k] = $4 }
   END {
     ns = split(settings, S, " "); nm = split(methods, M, " ");
-    printf "| setting |"; for (j = 1; j <= nm; j++) printf " %s |", M[j]; printf "\n|---|"; for (j = 1; j <= nm; j++) printf "---|"; printf "\n";
-    for (i = 1; i <= ns; i++) { printf "| %s |", S[i];
-      for (j = 1; j <= nm; j++) { k = S[i] SUBSEP M[j];
+    printf "| method |"; for (i = 1; i <= ns; i++) printf " %s |", S[i]; printf " s/block |\n|---|";
+    for (i = 1; i <= ns; i++) printf "---|"; printf "---|\n";
+    for (j = 1; j <= nm; j++) { printf "| %s |", M[j];
+      for (i = 1; i <= ns; i++) { k = S[i] SUBSEP M[j];
         if (n[k]) printf " %.2f ±%.2f / %.4f |", p[k] / n[k], (hi[k] - lo[k]) / 2, kl[k] / n[k]; else printf " – |" }
-      printf "\n" } }' "$results"
+      if (nt[M[j]]) printf " %.1f |\n", t[M[j]] / nt[M[j]] / blocks; else printf " – |\n" } }' "$results"

@@ -65,6 +65,12 @@ struct LlamaConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = false;
   bool mlp_bias = false;
+  // qforge's online rotations (worker/rotation.h), model-wide tensors applied at run time:
+  // R4 model.down_proj_rotation [intermediate, intermediate] on down_proj's input (config.json
+  // "qforge_down_proj_rotation"), R3 model.qk_rotation [head_dim, head_dim] on Q and K after RoPE
+  // ("qforge_qk_rotation"). Only qforge runs such a model; exporters refuse it.
+  bool down_proj_rotation = false;
+  bool qk_rotation = false;
   std::string torch_dtype = "float32";
   std::int64_t bos_token_id = 1;
   std::int64_t eos_token_id = 2;

@@ -78,6 +78,8 @@ void assemble_checkpoint(const AssemblySpec& a, const JobState& state) {
   }
   add_global("model.norm.weight");
   if (!cfg.tie_word_embeddings) add_global("lm_head.weight");
+  if (cfg.down_proj_rotation) add_global("model.down_proj_rotation");
+  if (cfg.qk_rotation) add_global("model.qk_rotation");
   storage::OutputFolder folder(a.out);  // from here until publish() the folder reads as incomplete
   storage::CheckpointWriter model_writer(a.out, specs, a.shard_bytes);
   model_writer.write([&](const storage::TensorSpec& spec) { return producers.at(spec.name)(); });

@@ -10,6 +10,7 @@
 #include "common/progress.h"
 #include "common/strings.h"
 #include "storage/dtype.h"
+#include "storage/export.h"
 #include "storage/hf_config.h"
 #include "storage/safetensors.h"
 
@@ -57,6 +58,22 @@ void add_linear_bytes(const fs::path& out, const fs::path& model, JobSummary& s)
   }
 }
 
+// The first export format that takes this result, or why none does (asked of the exporter, which owns
+// the rules).
+void add_export_format(const fs::path& out, JobSummary& s) {
+  const storage::LlamaConfig cfg = storage::read_llama_config(out);
+  if (!cfg.quant) return;
+  s.export_format.clear();
+  for (const char* name : {"gptq", "compressed-tensors"}) {
+    const std::string refusal = storage::export_refusal(*cfg.quant, storage::parse_export_format(name));
+    if (refusal.empty()) {
+      s.export_format = name;
+      return;
+    }
+    if (s.export_refusal.empty()) s.export_refusal = refusal;
+  }
+}
+
 }  // namespace
 
 std::vector<UnitLoss> unit_losses(const json& report) {
@@ -91,6 +108,7 @@ JobSummary summarize_output(const fs::path& out, const fs::path& model, const st
     }
   }
   add_linear_bytes(out, model, s);
+  add_export_format(out, s);
   return s;
 }
 
@@ -133,10 +151,13 @@ std::string format_job_summary(const JobSummary& s, const fs::path& model, const
   if (fs::exists(s.out / "oscillation.svg")) os << "plot:   " << (s.out / "oscillation.svg").string() << "\n";
   const std::string data = fs::exists(s.out / "calibration.tok") ? (s.out / "calibration.tok").string() : "DATA";
   os << "next:\n  qforge eval --model " << s.out.string() << " --reference " << model.string() << " --data " << data << "\n";
-  if (export_out.empty()) {
-    os << "  qforge export --model " << s.out.string() << " --format gptq --out " << s.out.string() << "-gptq\n";
-  } else {
+  if (!export_out.empty()) {
     os << "  (exported to " << export_out.string() << ")\n";
+  } else if (!s.export_format.empty()) {
+    os << "  qforge export --model " << s.out.string() << " --format " << s.export_format << " --out " << s.out.string()
+       << "-" << s.export_format << "\n";
+  } else {
+    os << "  (no export format takes this result: " << s.export_refusal << ")\n";
   }
   return os.str();
 }

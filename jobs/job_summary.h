@@ -35,6 +35,9 @@ struct JobSummary {
   bool has_calibration_nll = false;
   double calibration_nll = 0;
   double seconds = 0;
+  // The export format that takes this result ("gptq", "compressed-tensors"), or empty with the reason.
+  std::string export_format = "gptq";
+  std::string export_refusal;
 };
 
 // The units' losses from calibration_report.json's "blocks" (one entry per unit; RTN has none).

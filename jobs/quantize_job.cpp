@@ -267,6 +267,11 @@ partition::Plan preflight(const QuantizeSpec& s, int ranks) {
   }
   check_writable_folder(s.out, "--out");
   if (fs::exists(s.out) && fs::equivalent(s.out, s.model)) throw InputError("--out", "", "must differ from --model");
+  if (!s.export_format.empty() && s.rotate != worker::RotationKind::kNone && s.abits < 16) {
+    throw InputError("--export", "", "cannot export " + s.export_format + ": --rotate with quantized activations rotates "
+                     "activations at run time (R4 on down_proj's input, R3 on Q/K), which no export format here "
+                     "expresses; --abits 16 gives a stock checkpoint");
+  }
   if (!s.export_format.empty()) {
     const std::string why = storage::export_refusal(make_quant_config(s), storage::parse_export_format(s.export_format));
     if (!why.empty()) throw InputError("--export", "", "cannot export " + s.export_format + ": " + why);
@@ -314,11 +319,13 @@ void write_rotated_model_once(const QuantizeSpec& s, const storage::JobLayout& j
   if (fs::exists(jd.rotation_record_path())) return;
   const fs::path tmp = temp_path_for(jd.rotated_model_dir());
   fs::remove_all(tmp);
-  const json record = worker::write_rotated_model(s.model, tmp, s.rotate, s.rotate_seed);
+  // R3/R4 only when activations are quantized: a weight-only result stays free of run-time operations.
+  const json record = worker::write_rotated_model(s.model, tmp, s.rotate, s.rotate_seed, s.abits < 16);
   write_file_atomic(tmp / "qforge-rotation.json", record.dump(1) + "\n");
   fs::remove_all(jd.rotated_model_dir());
   fs::rename(tmp, jd.rotated_model_dir());
   QF_LOG(Info) << "rotated the model: R1 " << record["r1"].get<std::string>() << "; R2 " << record["r2"].get<std::string>()
+               << (record.contains("r4") ? "; R3 " + record["r3"].get<std::string>() + "; R4 " + record["r4"].get<std::string>() : "")
                << (s.model_config.tie_word_embeddings ? "; tied embeddings are untied in the output" : "");
 }
 
@@ -480,7 +487,9 @@ struct CoordinatorThread {
     const storage::JobLayout& jd = es.job;
     bool torn_tail = false;
     coordinator::JobState state = coordinator::load_job_state(jd, joint_spec(s), &torn_tail);
-    if (torn_tail) QF_LOG(Warn) << jd.journal_path().string() << ": dropping a torn last record (crash during append)";
+    if (torn_tail) {
+      QF_LOG(Warn) << jd.journal_path().string() << ": dropping a torn last record (crash during append)";
+    }
     journal = std::make_unique<storage::Journal>(jd.journal_path());
     coordinator::CoordinatorSettings cs;
     cs.job = jd;

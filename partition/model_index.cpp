@@ -64,6 +64,8 @@ std::vector<std::pair<std::string, Shape>> expected_global_tensors(const LlamaCo
       {"model.norm.weight", {c.hidden_size}},
   };
   if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}});
+  if (c.down_proj_rotation) out.push_back({"model.down_proj_rotation", {c.intermediate_size, c.intermediate_size}});
+  if (c.qk_rotation) out.push_back({"model.qk_rotation", {c.head_dim, c.head_dim}});
   return out;
 }
 

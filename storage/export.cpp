@@ -31,6 +31,11 @@ fs::path sidecar_path(const fs::path& dir) {
 }  // namespace
 
 std::string export_refusal(const QuantConfig& q, ExportFormat format) {
+  if (q.calibration.contains("rotation") && q.calibration["rotation"].contains("r4")) {
+    return "it rotates activations at run time (R4 on down_proj's input, R3 on Q/K: --rotate with quantized "
+           "activations), operations no export format here expresses; qforge eval runs it, or calibrate with "
+           "--abits 16 for a stock checkpoint";
+  }
   if (format == ExportFormat::kFakeQuant) return "";
   if (!q.deployable || q.norm_bias || q.norm_affine) {
     return "it was calibrated with --faithful and needs runtime transforms (norm shifts/matrices) no engine format "

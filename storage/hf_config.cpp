@@ -132,6 +132,8 @@ LlamaConfig parse_llama_config(const json& j, const std::string& where) {
   c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
   c.attention_bias = r.boolean("attention_bias", false);
   c.mlp_bias = r.boolean("mlp_bias", false);
+  c.down_proj_rotation = r.boolean("qforge_down_proj_rotation", false);
+  c.qk_rotation = r.boolean("qforge_qk_rotation", false);
   c.torch_dtype = r.string("torch_dtype", r.string("dtype", "float32"));
   c.bos_token_id = first_token_id(j, "bos_token_id", 1);
   c.eos_token_id = first_token_id(j, "eos_token_id", 2);
@@ -209,6 +211,14 @@ json llama_config_to_json(const LlamaConfig& c) {
   j["tie_word_embeddings"] = c.tie_word_embeddings;
   j["attention_bias"] = c.attention_bias;
   j["mlp_bias"] = c.mlp_bias;
+  for (const auto& [key, on] : {std::pair<const char*, bool>{"qforge_down_proj_rotation", c.down_proj_rotation},
+                                {"qforge_qk_rotation", c.qk_rotation}}) {
+    if (on) {
+      j[key] = true;
+    } else {
+      j.erase(key);
+    }
+  }
   j["torch_dtype"] = c.torch_dtype;
   j["bos_token_id"] = c.bos_token_id;
   j["eos_token_id"] = c.eos_token_id;

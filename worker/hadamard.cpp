@@ -158,17 +158,61 @@ at::Tensor sylvester(std::int64_t n) {
   return h;
 }
 
+// Williamson matrices: four symmetric circulant ±1 matrices A, B, C, D of order w with
+// AAᵀ + BBᵀ + CCᵀ + DDᵀ = 4w·I give the Hadamard matrix of order 4w
+//   [[ A,  B,  C,  D], [-B,  A, -D,  C], [-C,  D,  A, -B], [-D, -C,  B,  A]].
+// First rows of the quadruples known here (mathematical data from the literature: order 43 as listed in
+// Hall, Combinatorial Theory, 1983, and SageMath's williamson_type_quadruples_smallcases). 4·43 = 172 is
+// the order Paley does not reach that the models need (stories260K's MLP, and 11008 = 172·64).
+struct WilliamsonQuadruple {
+  std::int64_t w;
+  const char* rows[4];
+};
+constexpr WilliamsonQuadruple kWilliamson[] = {
+    {43,
+     {"++---++++-+--+--++--------++--+--+-++++---+", "+++-+-++--+-+-++++-+----+-++++-+-+--++-+-++",
+      "++-++++++----+-+--++-++-++--+-+----++++++-+", "+---++--++++-+-+++-++--++-+++-+-++++--++---"}},
+};
+
+const WilliamsonQuadruple* williamson_of(std::int64_t w) {
+  for (const auto& q : kWilliamson) {
+    if (q.w == w) return &q;
+  }
+  return nullptr;
+}
+
+at::Tensor circulant(const char* row, std::int64_t w) {  // row i is the first row shifted right by i
+  at::Tensor c = at::empty({w, w}, at::kDouble);
+  auto a = c.accessor<double, 2>();
+  for (std::int64_t i = 0; i < w; ++i) {
+    for (std::int64_t j = 0; j < w; ++j) a[i][j] = row[((j - i) % w + w) % w] == '+' ? 1.0 : -1.0;
+  }
+  return c;
+}
+
+at::Tensor williamson(const WilliamsonQuadruple& q) {
+  const at::Tensor a = circulant(q.rows[0], q.w), b = circulant(q.rows[1], q.w), c = circulant(q.rows[2], q.w),
+                   d = circulant(q.rows[3], q.w);
+  return at::cat({at::cat({a, b, c, d}, 1), at::cat({-b, a, -d, c}, 1), at::cat({-c, d, a, -b}, 1),
+                  at::cat({-d, -c, b, a}, 1)},
+                 0);
+}
+
 // How order n is built: a base of order m (Sylvester when m is a power of two, else Paley I or II over
-// GF(p^k)) times Sylvester(rest).
+// GF(p^k), else Williamson) times Sylvester(rest).
 struct Recipe {
-  enum Kind { kSylvester, kPaley1, kPaley2 } kind = kSylvester;
+  enum Kind { kSylvester, kPaley1, kPaley2, kWilliamson } kind = kSylvester;
   std::int64_t m = 1, rest = 1, p = 0;
   int k = 0;
   std::string describe() const {
-    const std::string base = kind == kSylvester ? "H" + std::to_string(m * rest) + " (Sylvester)"
-                             : "H" + std::to_string(m) + (kind == kPaley1 ? " (Paley I, q=" + std::to_string(m - 1)
-                                                                          : " (Paley II, q=" + std::to_string(m / 2 - 1)) + ")";
-    return kind != kSylvester && rest > 1 ? base + " x H" + std::to_string(rest) + " (Sylvester)" : base;
+    std::string base = "H" + std::to_string(m) + " (";
+    switch (kind) {
+      case kSylvester: return "H" + std::to_string(m * rest) + " (Sylvester)";
+      case kPaley1: base += "Paley I, q=" + std::to_string(m - 1) + ")"; break;
+      case kPaley2: base += "Paley II, q=" + std::to_string(m / 2 - 1) + ")"; break;
+      case kWilliamson: base += "Williamson, w=" + std::to_string(m / 4) + ")"; break;
+    }
+    return rest > 1 ? base + " x H" + std::to_string(rest) + " (Sylvester)" : base;
   }
 };
 
@@ -195,6 +239,10 @@ bool plan(std::int64_t n, Recipe* r) {
       *r = {Recipe::kPaley2, m, rest, p, k};
       return true;
     }
+    if (m % 4 == 0 && williamson_of(m / 4)) {
+      *r = {Recipe::kWilliamson, m, rest, 0, 0};
+      return true;
+    }
   }
   return false;
 }
@@ -205,7 +253,9 @@ at::Tensor hadamard_matrix(std::int64_t n) {
   Recipe r;
   if (!plan(n, &r)) return {};
   if (r.kind == Recipe::kSylvester) return sylvester(n);
-  const at::Tensor base = r.kind == Recipe::kPaley1 ? paley1(r.p, r.k) : paley2(r.p, r.k);
+  const at::Tensor base = r.kind == Recipe::kPaley1   ? paley1(r.p, r.k)
+                          : r.kind == Recipe::kPaley2 ? paley2(r.p, r.k)
+                                                      : williamson(*williamson_of(r.m / 4));
   return r.rest > 1 ? at::kron(base, sylvester(r.rest)) : base;
 }
 

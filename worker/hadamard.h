@@ -5,11 +5,13 @@
 // Constructions, combined by Kronecker products (H_a ⊗ H_b is Hadamard of order ab):
 //   Sylvester: order 2^k;
 //   Paley I:   order q + 1 for a prime power q ≡ 3 (mod 4) (q = 11 gives 12, q = 343 = 7³ gives 344);
-//   Paley II:  order 2(q + 1) for a prime power q ≡ 1 (mod 4) (q = 17 gives 36).
-// Paley I is tried first (28 comes from q = 27 = 3³).
-// So 768 = H₁₂ ⊗ H₆₄, 28672 = H₂₈ ⊗ H₁₀₂₄, 11008 = H₃₄₄ ⊗ H₃₂. Orders these do not reach (stories260K's
-// 172 = 4·43 needs a Williamson-type matrix, not built here) have no Hadamard matrix in this library:
-// rotations of those sizes are seeded random orthogonal matrices instead, and say so.
+//   Paley II:  order 2(q + 1) for a prime power q ≡ 1 (mod 4) (q = 17 gives 36);
+//   Williamson: order 4w from four symmetric circulant matrices of order w, for the w whose quadruple is
+//              listed (43: 172 = 4·43, which Paley does not give).
+// Paley I is tried first (28 comes from q = 27 = 3³), then Paley II, then Williamson.
+// So 768 = H₁₂ ⊗ H₆₄, 28672 = H₂₈ ⊗ H₁₀₂₄, 11008 = H₃₄₄ ⊗ H₃₂, 172 = H₁₇₂ (stories260K's MLP). Orders
+// none of these reach have no Hadamard matrix in this library: rotations of those sizes are seeded random
+// orthogonal matrices instead, and say so.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -64,6 +64,8 @@ BlockWeights BlockWeights::load(const storage::CheckpointReader& ckpt, const sto
     w.input_norm_bias = get("input_layernorm.bias");
     w.post_norm_bias = get("post_attention_layernorm.bias");
   }
+  if (c.down_proj_rotation) w.down_rotation = ckpt.load("model.down_proj_rotation").to(device, dtype);
+  if (c.qk_rotation) w.qk_rotation = ckpt.load("model.qk_rotation").to(device, dtype);
   if (c.quant && c.quant->norm_affine) {
     w.input_norm_inverse = get("input_layernorm.affine_inverse");
     w.post_norm_inverse = get("post_attention_layernorm.affine_inverse");
@@ -97,7 +99,7 @@ template <typename W, typename F>
 static void for_each_tensor(W& w, F&& f) {
   for (auto* t : {&w.input_norm, &w.post_norm, &w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down, &w.q_bias, &w.k_bias,
                   &w.v_bias, &w.o_bias, &w.gate_bias, &w.up_bias, &w.down_bias, &w.input_norm_bias, &w.post_norm_bias,
-                  &w.input_norm_inverse, &w.post_norm_inverse}) {
+                  &w.input_norm_inverse, &w.post_norm_inverse, &w.down_rotation, &w.qk_rotation}) {
     if (t->defined()) f(*t);
   }
 }
@@ -144,8 +146,10 @@ at::Tensor block_forward(const storage::LlamaConfig& c, const BlockWeights& w, c
   // linears' [B, T, heads, d] layout, where those rows are contiguous (no copies), and only then are
   // the heads moved in front for attention.
   const auto per_token = RopeLayout::kTokensHeads;
-  auto q = aq(apply_rope(linear(n1, w.q, w.q_bias).view({B, T, nh, d}), rope, 0, per_token)).transpose(1, 2);
-  auto k = aq(apply_rope(linear(n1, w.k, w.k_bias).view({B, T, nkv, d}), rope, 0, per_token)).transpose(1, 2);
+  // R3 (online, when the model has one) rotates each head's q and k alike after RoPE, before they are quantized.
+  auto r3 = [&](const at::Tensor& t) { return w.qk_rotation.defined() ? at::matmul(t, w.qk_rotation.to(t.scalar_type())) : t; };
+  auto q = aq(r3(apply_rope(linear(n1, w.q, w.q_bias).view({B, T, nh, d}), rope, 0, per_token))).transpose(1, 2);
+  auto k = aq(r3(apply_rope(linear(n1, w.k, w.k_bias).view({B, T, nkv, d}), rope, 0, per_token))).transpose(1, 2);
   auto v = aq(linear(n1, w.v, w.v_bias).view({B, T, nkv, d})).transpose(1, 2);
   // Causal softmax(q kᵀ / √d) v, KV head j serving query heads [j*g, (j+1)*g): the fused kernel (flash
   // attention on CPU and GPU) skips the masked half and never materialises the [T, T] scores, 2-7x faster
@@ -161,7 +165,9 @@ at::Tensor block_forward(const storage::LlamaConfig& c, const BlockWeights& w, c
 
   auto n2 = aq(block_norm(h, w.post_norm, w.post_norm_bias, w.post_norm_inverse, c.rms_norm_eps));
   if (taps) taps->fc1_input = n2;
-  auto mlp = aq(at::silu(linear(n2, w.gate, w.gate_bias)) * linear(n2, w.up, w.up_bias));
+  auto mlp = at::silu(linear(n2, w.gate, w.gate_bias)) * linear(n2, w.up, w.up_bias);
+  if (w.down_rotation.defined()) mlp = at::matmul(mlp, w.down_rotation.to(mlp.scalar_type()));  // R4, online
+  mlp = aq(mlp);
   if (taps) taps->down_input = mlp;
   return h + linear(mlp, w.down, w.down_bias);
 }
@@ -184,7 +190,9 @@ at::Tensor block_decode(const storage::LlamaConfig& c, const BlockWeights& w, co
   auto attn = at::matmul(probs, vals).transpose(1, 2).reshape({B, 1, nh * d});
   auto h = x + linear(attn, w.o, w.o_bias);
   auto n2 = block_norm(h, w.post_norm, w.post_norm_bias, w.post_norm_inverse, c.rms_norm_eps);
-  return h + linear(at::silu(linear(n2, w.gate, w.gate_bias)) * linear(n2, w.up, w.up_bias), w.down, w.down_bias);
+  auto mlp = at::silu(linear(n2, w.gate, w.gate_bias)) * linear(n2, w.up, w.up_bias);
+  if (w.down_rotation.defined()) mlp = at::matmul(mlp, w.down_rotation.to(mlp.scalar_type()));  // R4: down is W·R4
+  return h + linear(mlp, w.down, w.down_bias);  // (R3 is skipped here: nothing is quantized and q·kᵀ is unchanged)
 }
 
 }  // namespace qforge::worker

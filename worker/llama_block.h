@@ -29,6 +29,12 @@ struct BlockWeights {
   at::Tensor q_bias, k_bias, v_bias, o_bias, gate_bias, up_bias, down_bias;  // undefined when absent
   at::Tensor input_norm_bias, post_norm_bias;        // faithful extras, undefined when absent
   at::Tensor input_norm_inverse, post_norm_inverse;  // [H, H]
+  // R4: down_proj's input is x·down_rotation at run time ([F, F], shared by every block; down is already
+  // W·down_rotation); undefined when the model has none.
+  at::Tensor down_rotation;
+  // R3: Q and K after RoPE are q·qk_rotation, k·qk_rotation per head ([d, d], shared; q·kᵀ is unchanged),
+  // before their quantization; undefined when the model has none.
+  at::Tensor qk_rotation;
 
   // Loads block `index` from a checkpoint, converted to dtype on device.
   static BlockWeights load(const storage::CheckpointReader& ckpt, const storage::LlamaConfig& config, int index,

@@ -41,7 +41,8 @@ void rotate_heads(const storage::LlamaConfig& c, BlockWeights& b, const at::Tens
 
 }  // namespace
 
-void rotate_block(const storage::LlamaConfig& c, BlockWeights& b, const at::Tensor& r1, const at::Tensor& r2, int index) {
+void rotate_block(const storage::LlamaConfig& c, BlockWeights& b, const ModelRotations& r, int index) {
+  const at::Tensor &r1 = r.r1, &r2 = r.r2;
   at::NoGradGuard no_grad;
   if (b.input_norm_bias.defined() || b.post_norm_bias.defined() || b.input_norm_inverse.defined() ||
       b.post_norm_inverse.defined()) {
@@ -59,6 +60,14 @@ void rotate_block(const storage::LlamaConfig& c, BlockWeights& b, const at::Tens
     QF_CHECK(r2.size(0) == c.head_dim, "R2 must be head_dim x head_dim");
     rotate_heads(c, b, r2);
   }
+  if (r.r4.defined()) {
+    b.down = at::matmul(b.down, r.r4);
+    b.down_rotation = r.r4;
+  }
+  if (r.r3.defined()) {
+    QF_CHECK(r.r3.size(0) == c.head_dim, "R3 must be head_dim x head_dim");
+    b.qk_rotation = r.r3;
+  }
 }
 
 // The embedding E·R1 and the head with the final norm folded, times R1 (a tied head becomes its own).
@@ -70,16 +79,20 @@ void rotate_globals(at::Tensor& embed, at::Tensor& final_norm, at::Tensor& head,
   rotate_readers({&head}, r1);
 }
 
-void rotate_model(const storage::LlamaConfig& c, ModelWeights& m, const at::Tensor& r1, const at::Tensor& r2) {
-  for (std::size_t i = 0; i < m.blocks.size(); ++i) rotate_block(c, m.blocks[i], r1, r2, static_cast<int>(i));
-  if (r1.defined()) rotate_globals(m.embed, m.final_norm, m.head, r1);
+void rotate_model(const storage::LlamaConfig& c, ModelWeights& m, const ModelRotations& r) {
+  for (std::size_t i = 0; i < m.blocks.size(); ++i) rotate_block(c, m.blocks[i], r, static_cast<int>(i));
+  if (r.r1.defined()) rotate_globals(m.embed, m.final_norm, m.head, r.r1);
 }
 
-nlohmann::json write_rotated_model(const fs::path& model, const fs::path& out, RotationKind kind, std::uint64_t seed) {
+nlohmann::json write_rotated_model(const fs::path& model, const fs::path& out, RotationKind kind, std::uint64_t seed,
+                                   bool online) {
   storage::LlamaConfig cfg = storage::read_llama_config(model);
   const storage::CheckpointReader ckpt(model);
   const Rotation r1 = make_rotation(cfg.hidden_size, kind, seed);
   const Rotation r2 = make_rotation(cfg.head_dim, kind, seed + 1);
+  const Rotation r4 = online ? make_rotation(cfg.intermediate_size, kind, seed + 2) : Rotation{};
+  const Rotation r3 = online ? make_rotation(cfg.head_dim, kind, seed + 3) : Rotation{};
+  const ModelRotations rotations{r1.matrix, r2.matrix, r3.matrix, r4.matrix};
   const std::string head_name = cfg.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
   at::Tensor embed = ckpt.load("model.embed_tokens.weight").to(at::kDouble);
   at::Tensor norm = ckpt.load("model.norm.weight").to(at::kDouble);
@@ -87,6 +100,10 @@ nlohmann::json write_rotated_model(const fs::path& model, const fs::path& out, R
   rotate_globals(embed, norm, head, r1.matrix);
   std::map<std::string, at::Tensor> globals = {
       {"model.embed_tokens.weight", embed}, {"model.norm.weight", norm}, {"lm_head.weight", head}};
+  if (online) {
+    globals["model.down_proj_rotation"] = r4.matrix;
+    globals["model.qk_rotation"] = r3.matrix;
+  }
   std::vector<storage::TensorSpec> specs;
   for (const auto& [name, t] : globals) specs.push_back({name, storage::DType::kF32, t.sizes().vec()});
   std::map<std::string, std::pair<int, std::string>> block_of;  // tensor name -> (block, suffix)
@@ -106,15 +123,21 @@ nlohmann::json write_rotated_model(const fs::path& model, const fs::path& out, R
     if (b != current) {  // tensors come in spec order: one block at a time
       current = b;
       block = BlockWeights::load(ckpt, cfg, current, at::kDouble, at::kCPU);
-      rotate_block(cfg, block, r1.matrix, r2.matrix, current);
+      rotate_block(cfg, block, rotations, current);
     }
     return block.tensor(suffix).to(at::kFloat);
   });
   cfg.tie_word_embeddings = false;
+  cfg.down_proj_rotation = cfg.qk_rotation = online;
   cfg.torch_dtype = "float32";
   storage::write_llama_config(out, cfg);
   storage::copy_model_side_files(model, out);
-  return {{"kind", rotation_kind_name(kind)}, {"seed", seed}, {"r1", r1.construction}, {"r2", r2.construction}};
+  nlohmann::json record = {{"kind", rotation_kind_name(kind)}, {"seed", seed}, {"r1", r1.construction}, {"r2", r2.construction}};
+  if (online) {
+    record["r3"] = r3.construction + " (online, on Q and K after RoPE)";
+    record["r4"] = r4.construction + " (online, on down_proj's input)";
+  }
+  return record;
 }
 
 }  // namespace qforge::worker

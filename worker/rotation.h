@@ -34,16 +34,26 @@ struct ModelWeights {
 // Folds the norms and applies R1 (undefined: none) and R2 (undefined: none) in place, in the dtype of
 // the weights. InputError for blocks with faithful extras (an RMSNorm bias or runtime inverse): rotations
 // apply to stock models.
-void rotate_model(const storage::LlamaConfig& config, ModelWeights& model, const at::Tensor& r1, const at::Tensor& r2);
+// The online rotations act on activations at run time, where activation quantization sees the rotated
+// values (QuaRot's R4 and R3; only worth their cost when activations are quantized):
+//   R4 [F, F] on down_proj's input: down becomes W·R4 and every block's down_rotation R4;
+//   R3 [d, d] on Q and K after RoPE, per head: (q·R3)(k·R3)ᵀ = q·kᵀ, so no weight changes; every block's
+//   qk_rotation R3 (worker/llama_block.h).
+struct ModelRotations {
+  at::Tensor r1, r2, r3, r4;  // undefined: none
+};
+void rotate_model(const storage::LlamaConfig& config, ModelWeights& model, const ModelRotations& r);
 // The same for one block (`index` names it in errors).
-void rotate_block(const storage::LlamaConfig& config, BlockWeights& block, const at::Tensor& r1, const at::Tensor& r2,
-                  int index);
+void rotate_block(const storage::LlamaConfig& config, BlockWeights& block, const ModelRotations& r, int index);
 
 // Writes the rotated model of the HF folder `model` into the folder `out` (created; model.safetensors in
 // float32, config.json with tie_word_embeddings false, the tokenizer files), one block in memory at a time,
-// computed in float64. R1 is make_rotation(hidden, kind, seed), R2 make_rotation(head_dim, kind, seed + 1).
-// Returns what was applied, for the output's config: {"kind", "seed", "r1", "r2"} (their constructions).
+// computed in float64. R1 is make_rotation(hidden, kind, seed), R2 make_rotation(head_dim, kind, seed + 1),
+// and with `online` R4 make_rotation(intermediate, kind, seed + 2) and R3 make_rotation(head_dim, kind,
+// seed + 3), stored once as model.down_proj_rotation and model.qk_rotation (config.json
+// qforge_down_proj_rotation, qforge_qk_rotation). Returns what was applied, for the output's config:
+// {"kind", "seed", "r1", "r2"[, "r3", "r4"]} (their constructions).
 nlohmann::json write_rotated_model(const std::filesystem::path& model, const std::filesystem::path& out, RotationKind kind,
-                                   std::uint64_t seed);
+                                   std::uint64_t seed, bool online);
 
 }  // namespace qforge::worker

@@ -40,6 +40,10 @@ TEST(JobSummary, UnitsAreLabelledByTheirBlocksAndAWorseUnitIsFlagged) {
   EXPECT_NE(text.find("WARNING: 1 unit(s)"), std::string::npos) << text;
   EXPECT_NE(text.find("qforge eval --model /o --reference /m --data DATA"), std::string::npos) << text;
   EXPECT_NE(text.find("qforge export --model /o --format gptq --out /o-gptq"), std::string::npos) << text;
+  s.export_format.clear();  // a result no format takes says why instead
+  s.export_refusal = "it rotates activations at run time";
+  EXPECT_NE(jobs::format_job_summary(s, "/m", "").find("(no export format takes this result: it rotates activations"),
+            std::string::npos);
   EXPECT_NE(jobs::format_job_summary(s, "/m", "/o-ct").find("(exported to /o-ct)"), std::string::npos);
 }
 
