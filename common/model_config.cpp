@@ -17,7 +17,9 @@ std::int64_t LlamaConfig::block_parameters() const {
   std::int64_t n = 2 * h                      // norms
                    + q_dim() * h + 2 * kv_dim() * h + h * q_dim()  // q, k, v, o
                    + 3 * f * h;               // gate, up, down
-  if (attention_bias) n += q_dim() + 2 * kv_dim() + h;
+  if (qkv_bias) n += q_dim() + 2 * kv_dim();
+  if (o_bias) n += h;
+  if (qk_norm) n += 2 * head_dim;
   if (mlp_bias) n += 2 * f + h;
   return n;
 }

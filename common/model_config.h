@@ -63,8 +63,15 @@ struct LlamaConfig {
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
-  bool attention_bias = false;
+  // Biases: q/k/v (LLaMA's attention_bias, always in Qwen2) and o_proj (LLaMA's attention_bias; a Qwen2
+  // output whose transforms made one records it as attention_bias); gate/up/down (mlp_bias).
+  bool qkv_bias = false;
+  bool o_bias = false;
   bool mlp_bias = false;
+  // Qwen3: per-head RMSNorm of q and k (self_attn.q_norm.weight, k_norm.weight [head_dim]) before RoPE.
+  bool qk_norm = false;
+  // Mistral: each position attends to at most the last sliding_window positions (itself included); 0: all.
+  std::int64_t sliding_window = 0;
   // qforge's online rotations (worker/rotation.h), model-wide tensors applied at run time:
   // R4 model.down_proj_rotation [intermediate, intermediate] on down_proj's input (config.json
   // "qforge_down_proj_rotation"), R3 model.qk_rotation [head_dim, head_dim] on Q and K after RoPE

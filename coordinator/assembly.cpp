@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "coordinator/oscillation.h"
 #include "partition/model_index.h"
+#include "storage/hf_config.h"
 #include "storage/output_folder.h"
 #include "storage/quant_config.h"
 #include "storage/safetensors.h"
@@ -44,11 +45,13 @@ void assemble_checkpoint(const AssemblySpec& a, const JobState& state) {
   for (const auto& [name, f] : owner) {
     if (ends_with(name, "layernorm.bias")) q.norm_bias = true;
     if (ends_with(name, "layernorm.affine_inverse")) q.norm_affine = true;
-    if (ends_with(name, "attn.q_proj.bias") || ends_with(name, "attn.v_proj.bias") || ends_with(name, "attn.o_proj.bias")) {
-      cfg.attention_bias = true;
-    }
+    if (ends_with(name, "attn.q_proj.bias") || ends_with(name, "attn.v_proj.bias")) cfg.qkv_bias = true;
+    if (ends_with(name, "attn.o_proj.bias")) cfg.o_bias = true;
     if (ends_with(name, "mlp.gate_proj.bias")) cfg.mlp_bias = true;
   }
+  // The tensors written are the ones a reader of the written config expects (an architecture's config may
+  // not say "o_proj has a bias, q/k/v not": the missing ones are written as zeros below).
+  cfg = storage::parse_llama_config(storage::llama_config_to_json(cfg), a.out.string());
 
   const storage::CheckpointReader input(a.model);
   const storage::DType model_dtype = a.model_dtype;
@@ -71,7 +74,7 @@ void assemble_checkpoint(const AssemblySpec& a, const JobState& state) {
         const storage::SafetensorsFile* f = it == owner.end() ? nullptr : it->second;
         const auto st = storage::to_scalar_type(dt);
         const auto shp = shape;
-        // Biases a stock LLaMA with attention_bias/mlp_bias expects but the transforms did not create are 0.
+        // Biases the written config expects (storage/hf_config.h) but the transforms did not create are 0.
         producers[name] = [f, name, st, shp] { return f ? f->load(name).to(st) : at::zeros(shp, st); };
       }
     }

@@ -65,7 +65,7 @@ void add_export_format(const fs::path& out, JobSummary& s) {
   if (!cfg.quant) return;
   s.export_format.clear();
   for (const char* name : {"gptq", "compressed-tensors"}) {
-    const std::string refusal = storage::export_refusal(*cfg.quant, storage::parse_export_format(name));
+    const std::string refusal = storage::export_refusal(cfg, storage::parse_export_format(name));
     if (refusal.empty()) {
       s.export_format = name;
       return;

@@ -77,6 +77,19 @@ storage::QuantConfig make_quant_config(const QuantizeSpec& s) {
   return q;
 }
 
+// The output's config as the job will write it, for the questions asked before calibrating (which export
+// formats will take it); the rotation record says only what it will contain.
+storage::LlamaConfig planned_output_config(const QuantizeSpec& s) {
+  storage::LlamaConfig c = s.model_config;
+  c.quant = make_quant_config(s);
+  if (s.rotate != worker::RotationKind::kNone) {
+    json r = {{"kind", worker::rotation_kind_name(s.rotate)}, {"seed", s.rotate_seed}};
+    if (s.abits < 16) r["r3"] = r["r4"] = "online";  // worker::write_rotated_model's rule
+    c.quant->calibration["rotation"] = r;
+  }
+  return c;
+}
+
 worker::TransformOptions transform_options(const QuantizeSpec& s) {
   worker::TransformOptions t;
   t.method = s.method;
@@ -267,13 +280,8 @@ partition::Plan preflight(const QuantizeSpec& s, int ranks) {
   }
   check_writable_folder(s.out, "--out");
   if (fs::exists(s.out) && fs::equivalent(s.out, s.model)) throw InputError("--out", "", "must differ from --model");
-  if (!s.export_format.empty() && s.rotate != worker::RotationKind::kNone && s.abits < 16) {
-    throw InputError("--export", "", "cannot export " + s.export_format + ": --rotate with quantized activations rotates "
-                     "activations at run time (R4 on down_proj's input, R3 on Q/K), which no export format here "
-                     "expresses; --abits 16 gives a stock checkpoint");
-  }
   if (!s.export_format.empty()) {
-    const std::string why = storage::export_refusal(make_quant_config(s), storage::parse_export_format(s.export_format));
+    const std::string why = storage::export_refusal(planned_output_config(s), storage::parse_export_format(s.export_format));
     if (!why.empty()) throw InputError("--export", "", "cannot export " + s.export_format + ": " + why);
     check_writable_folder(s.export_out, "--export-out");
   }
@@ -286,6 +294,13 @@ partition::Plan preflight(const QuantizeSpec& s, int ranks) {
 
 int print_dry_run(const QuantizeSpec& s, const partition::Plan& plan, int ranks) {
   std::cout << partition::format_plan_report(plan);
+  const storage::LlamaConfig planned = planned_output_config(s);
+  std::cout << "the result: qforge eval reads it";
+  for (const char* name : {"gptq", "compressed-tensors"}) {
+    const std::string why = storage::export_refusal(planned, storage::parse_export_format(name));
+    std::cout << "; export " << name << ": " << (why.empty() ? "yes" : "no (" + why + ")");
+  }
+  std::cout << "\n";
   const coordinator::JointSpec joint = joint_spec(s);
   if (joint.enabled) {
     const std::vector<double> values = dry_run_probe_values(s, joint);
@@ -458,6 +473,10 @@ std::string describe(const QuantizeSpec& s) {
 void log_job_start(const QuantizeSpec& s, const worker::EngineSettings& es, int ranks, int threads) {
   QF_LOG(Info) << "quantize " << s.model.string() << " -> " << s.out.string() << ": " << describe(s) << "; recipe "
                << s.recipe.describe();
+  if (s.recipe.let && s.model_config.qk_norm) {
+    QF_LOG(Info) << s.model_config.model_type << ": no q/k transform (the per-head q/k norms between q_proj/k_proj and "
+                 << "RoPE break its equivalence); the other transforms are learned as usual";
+  }
   const LauncherInfo launcher = detect_launcher();
   QF_LOG(Info) << "job " << es.job.root().string() << ": " << ranks << " rank" << (ranks > 1 ? "s" : "") << " ("
                << launcher_name(launcher.kind)

@@ -36,11 +36,15 @@ std::vector<std::pair<std::string, Shape>> expected_block_tensors(const LlamaCon
       {"mlp.up_proj.weight", {f, h}},
       {"mlp.down_proj.weight", {h, f}},
   };
-  if (c.attention_bias) {
+  if (c.qkv_bias) {
     out.push_back({"self_attn.q_proj.bias", {q}});
     out.push_back({"self_attn.k_proj.bias", {kv}});
     out.push_back({"self_attn.v_proj.bias", {kv}});
-    out.push_back({"self_attn.o_proj.bias", {h}});
+  }
+  if (c.o_bias) out.push_back({"self_attn.o_proj.bias", {h}});
+  if (c.qk_norm) {
+    out.push_back({"self_attn.q_norm.weight", {c.head_dim}});
+    out.push_back({"self_attn.k_norm.weight", {c.head_dim}});
   }
   if (c.quant && c.quant->norm_bias) {
     out.push_back({"input_layernorm.bias", {h}});

@@ -5,7 +5,9 @@
 #     OpenSSL, zlib, Slurm (the slurm test tier), Python's venv;
 #   - LibTorch from PyPI: the `torch` wheel pinned to the H200's version (2.11.0, a CUDA 13.0 build that runs
 #     on CPU-only machines too) in a virtual environment kept outside the tree, so that every clone and CI
-#     run on this machine reuses it (the wheel and its nvidia-* dependencies are ~4.6 GB).
+#     run on this machine reuses it (the wheel and its nvidia-* dependencies are ~4.6 GB);
+#   - the interop test tier's Python clients (transformers, tokenizers, safetensors, compressed-tensors),
+#     pinned, in the same environment: test-time oracles only, qforge itself never runs Python.
 #   - CUDA code is built whenever that LibTorch has CUDA and nvcc is found (CUDA 13 toolkit, sm_90 + PTX).
 # Environment:
 #   QFORGE_SKIP_APT=1   skip the package step (dependencies installed some other way)
@@ -38,6 +40,7 @@ if [ "${QFORGE_SKIP_APT:-0}" != "1" ]; then
 fi
 
 qforge_torch_venv   # creates the venv and installs torch unless it is there already
+qforge_interop_packages  # transformers & co. for the interop test tier (test-time clients only)
 
 build="${QFORGE_BUILD_DIR:-build}"
 if [ -f "$build/CMakeCache.txt" ] && ! grep -qx "Torch_DIR:PATH=$(qforge_torch_dir)" "$build/CMakeCache.txt"; then

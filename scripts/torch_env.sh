@@ -16,6 +16,20 @@ qforge_torch_venv() {
   echo "setup: torch installed in $((SECONDS - t0)) s ($(du -sh "$QFORGE_VENV" | cut -f1))"
 }
 
+# The interop tier's Python clients (tests/interop), pinned, in the same environment: transformers as the
+# forward oracle and loader, compressed-tensors to load qforge's exports. torch stays at the pinned version.
+QFORGE_INTEROP_PACKAGES=(transformers==5.25.0 tokenizers==0.23.3 safetensors==0.8.0 compressed-tensors==0.20.1)
+qforge_interop_packages() {
+  local want
+  want=$(printf '%s\n' "${QFORGE_INTEROP_PACKAGES[@]}")
+  if [ "$("$QFORGE_VENV/bin/pip" freeze 2>/dev/null | grep -ixF "$want" | wc -l)" -eq ${#QFORGE_INTEROP_PACKAGES[@]} ]; then
+    return 0
+  fi
+  echo "setup: installing ${QFORGE_INTEROP_PACKAGES[*]} from PyPI into $QFORGE_VENV (the interop test tier)"
+  "$QFORGE_VENV/bin/pip" install -q --disable-pip-version-check "${QFORGE_INTEROP_PACKAGES[@]}" \
+    "torch==$QFORGE_TORCH_VERSION"
+}
+
 # CMAKE_PREFIX_PATH for LibTorch: the package root first (so find_library takes its lib/, never a
 # system libtorch), then its CMake folder.
 qforge_torch_prefix_path() {

@@ -30,7 +30,35 @@ fs::path sidecar_path(const fs::path& dir) {
 
 }  // namespace
 
-std::string export_refusal(const QuantConfig& q, ExportFormat format) {
+namespace {
+
+// Every linear's name pattern and [out, in] (the same in every block).
+std::vector<std::pair<std::string, std::pair<std::int64_t, std::int64_t>>> linear_shapes(const LlamaConfig& c) {
+  const std::int64_t h = c.hidden_size, f = c.intermediate_size, q = c.q_dim(), kv = c.kv_dim();
+  return {{"self_attn.q_proj", {q, h}}, {"self_attn.k_proj", {kv, h}}, {"self_attn.v_proj", {kv, h}},
+          {"self_attn.o_proj", {h, q}}, {"mlp.gate_proj", {f, h}},     {"mlp.up_proj", {f, h}},
+          {"mlp.down_proj", {h, f}}};
+}
+
+// The packers' own checks (storage/quant_pack.h) on every linear shape, as a reason.
+std::string packing_refusal(const LlamaConfig& c, const QuantConfig& q, ExportFormat format) {
+  if (format != ExportFormat::kGptq) return "";
+  for (const auto& [name, shape] : linear_shapes(c)) {
+    try {
+      check_gptq_bits(q.bits, "model.layers.*." + name);
+      check_gptq_shape(shape.first, shape.second, q.group_size, "model.layers.*." + name);
+    } catch (const InputError& e) {
+      return e.what();
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string export_refusal(const LlamaConfig& model, ExportFormat format) {
+  QF_CHECK(model.quant.has_value(), "export_refusal needs a quantized model's config");
+  const QuantConfig& q = *model.quant;
   if (q.calibration.contains("rotation") && q.calibration["rotation"].contains("r4")) {
     return "it rotates activations at run time (R4 on down_proj's input, R3 on Q/K: --rotate with quantized "
            "activations), operations no export format here expresses; qforge eval runs it, or calibrate with "
@@ -65,7 +93,7 @@ std::string export_refusal(const QuantConfig& q, ExportFormat format) {
       }
     }
   }
-  return "";
+  return packing_refusal(model, q, format);
 }
 
 namespace {
@@ -120,7 +148,7 @@ ExportResult export_checkpoint(const ExportOptions& o) {
   const QuantConfig& q = *cfg.quant;
   if (fs::exists(o.out) && fs::equivalent(o.out, o.model)) throw InputError("--out", "", "must differ from --model");
   if (o.format != ExportFormat::kFakeQuant) {
-    const std::string why = export_refusal(q, o.format);
+    const std::string why = export_refusal(cfg, o.format);
     if (!why.empty()) throw InputError(where, "quantization_config", "cannot export: " + why);
   }
   const CheckpointReader model(o.model);

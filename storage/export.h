@@ -37,9 +37,11 @@ struct ExportResult {
 };
 
 ExportResult export_checkpoint(const ExportOptions& options);
-// Why a model with quantization config `q` cannot be exported to `format` ("" when it can): lets
-// `quantize --export` refuse before calibrating rather than after.
-std::string export_refusal(const QuantConfig& q, ExportFormat format);
+// Why the quantized model `model` (its shapes and model.quant, which must be set) cannot be exported to
+// `format` ("" when it can): run-time transforms, bit widths, activation quantization and every linear's
+// shape against the format's packing. Lets `quantize --export` refuse, and `--dry-run` tell, before
+// calibrating rather than after.
+std::string export_refusal(const LlamaConfig& model, ExportFormat format);
 
 // For a folder whose config says it is a GPTQ or compressed-tensors export: shows every packed linear
 // as a plain fp32 `<linear>.weight` (dequantized when loaded) in place of its packed tensors.

@@ -13,9 +13,33 @@ using nlohmann::json;
 
 namespace {
 
-// Architectures whose graph is exactly the LLaMA decoder qforge implements.
-const std::set<std::string> kLlamaArchitectures = {"LlamaForCausalLM"};
-const std::set<std::string> kLlamaModelTypes = {"llama"};
+// The decoder families qforge implements: the LLaMA graph, plus what each adds (storage/hf_config.h).
+struct Architecture {
+  const char* name;        // config.json "architectures"[0]
+  const char* model_type;  // config.json "model_type"
+  bool qkv_bias;           // q/k/v biases whatever attention_bias says (Qwen2)
+  bool qk_norm;            // per-head q/k RMSNorm (Qwen3)
+  bool sliding_window;     // reads sliding_window (Mistral)
+};
+constexpr Architecture kArchitectures[] = {
+    {"LlamaForCausalLM", "llama", false, false, false},
+    {"MistralForCausalLM", "mistral", false, false, true},
+    {"Qwen2ForCausalLM", "qwen2", true, false, false},
+    {"Qwen3ForCausalLM", "qwen3", false, true, false},
+};
+
+std::string supported_list(bool names) {
+  std::string out;
+  for (const auto& a : kArchitectures) out += (out.empty() ? "" : ", ") + std::string(names ? a.name : a.model_type);
+  return out;
+}
+
+const Architecture* find_architecture(const std::string& key, bool by_name) {
+  for (const auto& a : kArchitectures) {
+    if (key == (by_name ? a.name : a.model_type)) return &a;
+  }
+  return nullptr;
+}
 
 class FieldReader {
  public:
@@ -108,15 +132,21 @@ LlamaConfig parse_llama_config(const json& j, const std::string& where) {
       throw InputError(where, "architectures", "must be a non-empty list of strings");
     }
     c.architecture = a.at(0).get<std::string>();
-    if (!kLlamaArchitectures.count(c.architecture)) {
-      throw InputError(where, "architectures", "unsupported architecture '" + c.architecture +
-                                                   "' (qforge supports LlamaForCausalLM)");
+    if (!find_architecture(c.architecture, true)) {
+      throw InputError(where, "architectures", "unsupported architecture '" + c.architecture + "' (qforge supports " +
+                                                   supported_list(true) + ")");
     }
   }
   c.model_type = r.string("model_type", "llama");
-  if (!kLlamaModelTypes.count(c.model_type)) {
-    throw InputError(where, "model_type", "unsupported model_type '" + c.model_type + "' (qforge supports llama)");
+  const Architecture* arch = find_architecture(c.model_type, false);
+  if (!arch) {
+    throw InputError(where, "model_type", "unsupported model_type '" + c.model_type + "' (qforge supports " +
+                                              supported_list(false) + ")");
   }
+  if (j.contains("architectures") && c.architecture != arch->name) {
+    throw InputError(where, "architectures", "'" + c.architecture + "' does not match model_type '" + c.model_type + "'");
+  }
+  c.architecture = arch->name;
   if (r.has("hidden_act") && r.string("hidden_act", "silu") != "silu") {
     throw InputError(where, "hidden_act", "unsupported activation '" + r.string("hidden_act", "") + "' (LLaMA uses silu)");
   }
@@ -130,8 +160,20 @@ LlamaConfig parse_llama_config(const json& j, const std::string& where) {
   c.max_position_embeddings = r.integer("max_position_embeddings", 2048);
   c.rms_norm_eps = r.number("rms_norm_eps", 1e-6);
   c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
-  c.attention_bias = r.boolean("attention_bias", false);
+  // attention_bias: q/k/v/o in LLaMA, Qwen3 (and Mistral, whose transformers class ignores it: only qforge's
+  // --faithful results set it there); Qwen2 always has q/k/v biases and reads attention_bias as o's only.
+  const bool attention_bias = r.boolean("attention_bias", false);
+  c.qkv_bias = arch->qkv_bias || attention_bias;
+  c.o_bias = attention_bias;
   c.mlp_bias = r.boolean("mlp_bias", false);
+  c.qk_norm = arch->qk_norm;
+  if (arch->sliding_window) c.sliding_window = r.integer("sliding_window", 0, 0);
+  const bool sliding_layers = j.contains("layer_types") && j.at("layer_types").is_array() &&
+                              j.at("layer_types").dump().find("sliding_attention") != std::string::npos;
+  if (r.boolean("use_sliding_window", false) || (sliding_layers && !arch->sliding_window)) {
+    throw InputError(where, "use_sliding_window", "sliding-window attention in " + c.model_type +
+                                                      " models is not supported (only Mistral's sliding_window)");
+  }
   c.down_proj_rotation = r.boolean("qforge_down_proj_rotation", false);
   c.qk_rotation = r.boolean("qforge_qk_rotation", false);
   c.torch_dtype = r.string("torch_dtype", r.string("dtype", "float32"));
@@ -209,7 +251,8 @@ json llama_config_to_json(const LlamaConfig& c) {
   j["rms_norm_eps"] = c.rms_norm_eps;
   j["hidden_act"] = "silu";
   j["tie_word_embeddings"] = c.tie_word_embeddings;
-  j["attention_bias"] = c.attention_bias;
+  const Architecture* arch = find_architecture(c.model_type, false);
+  j["attention_bias"] = arch && arch->qkv_bias ? c.o_bias : (c.qkv_bias || c.o_bias);
   j["mlp_bias"] = c.mlp_bias;
   for (const auto& [key, on] : {std::pair<const char*, bool>{"qforge_down_proj_rotation", c.down_proj_rotation},
                                 {"qforge_qk_rotation", c.qk_rotation}}) {

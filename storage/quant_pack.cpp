@@ -85,6 +85,8 @@ QuantizedLinearData checked(const QuantizedLinearData& q, int bits, const std::s
   return c;
 }
 
+}  // namespace
+
 void check_gptq_bits(int bits, const std::string& layer) {
   if (bits != 2 && bits != 3 && bits != 4 && bits != 8) {
     throw InputError(layer, "bits", std::to_string(bits) + " is not a GPTQ width (2, 3, 4 or 8)");
@@ -104,6 +106,8 @@ void check_gptq_shape(std::int64_t out, std::int64_t in, std::int64_t group_size
                      std::to_string(group_size) + " does not divide in_features " + std::to_string(in));
   }
 }
+
+namespace {
 
 void check_ct_bits(int bits, const std::string& layer) {
   if (bits != 4 && bits != 8) {

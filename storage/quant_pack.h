@@ -45,6 +45,11 @@ struct GptqTensors {
 
 // InputError naming `layer` when the shape cannot be GPTQ-packed (in or out not a multiple of 32, in
 // not a multiple of the group size, bits not in {2, 3, 4, 8}), or when v1 is asked for a zero of 0.
+// What the GPTQ packers need (InputError naming `layer` and the field when unmet): 2/3/4/8 bits, in and
+// out multiples of 32, a group size dividing in. The exporter asks these before calibration too.
+void check_gptq_bits(int bits, const std::string& layer);
+void check_gptq_shape(std::int64_t out, std::int64_t in, std::int64_t group_size, const std::string& layer);
+
 GptqTensors pack_gptq(const QuantizedLinearData& q, int bits, std::int64_t group_size, bool v2, const std::string& layer);
 QuantizedLinearData unpack_gptq(const GptqTensors& t, int bits, std::int64_t group_size, bool v2);
 // True when every zero point is >= 1, i.e. v1 (zero − 1) can store them.

@@ -134,7 +134,10 @@ BlockTransforms::BlockTransforms(const storage::LlamaConfig& c, const BlockWeigh
     at::Tensor wo = std::get<0>(fp.o.to(at::kFloat).abs().max(0));  // [q_dim]
     at::Tensor svo = smooth_scale(per_kv_group(stats.o, kv, group, d), per_kv_group(wo, kv, group, d), o.alpha);
     vo_ = affine ? at::diag_embed(svo).to(mdtype) : svo;
-    if (o.deployable) {
+    // A per-head q/k norm (Qwen3) sits between q_proj/k_proj and RoPE: a transform folded into those
+    // weights would no longer cancel in q·kᵀ, so there is none.
+    if (c.qk_norm) {
+    } else if (o.deployable) {
       qk_a_ = at::ones({kv, d / 2}, at::kFloat);
       if (affine) qk_b_ = at::zeros({kv, d / 2}, at::kFloat);
     } else {
@@ -358,6 +361,8 @@ BlockWeights BlockTransforms::transformed(const BlockWeights& fp) const {
       at::Tensor n2 = a * a + b * b;
       apply_kq([&](const at::Tensor& r) { return rot(r, a, b, at::ones_like(n2)); },
                [&](const at::Tensor& r) { return rot(r, a.unsqueeze(1), b.unsqueeze(1), n2.unsqueeze(1)); });
+    } else if (!qk_.defined()) {
+      // no q/k transform (a model with q/k norms)
     } else if (qk_.dim() == 2) {
       at::Tensor s = qk_.to(wt).unsqueeze(-1);  // [kv, d, 1]
       apply_kq([&](const at::Tensor& r) { return r * s; }, [&](const at::Tensor& r) { return r / s.unsqueeze(1); });

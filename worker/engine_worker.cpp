@@ -139,10 +139,10 @@ class Worker {
         send(protocol::Failed{control_.rank(), a->id, e.what(), e.exit_code(), fs::path(e.path()).filename().string()});
       } catch (const Error& e) {
         QF_LOG(Error) << "assignment " << a->id << " (" << protocol::kind_name(a->work) << ") failed: " << e.what();
-        send(protocol::Failed{control_.rank(), a->id, e.what(), e.exit_code()});
+        send(protocol::Failed{control_.rank(), a->id, e.what(), e.exit_code(), std::nullopt});
       } catch (const std::exception& e) {
         QF_LOG(Error) << "assignment " << a->id << " (" << protocol::kind_name(a->work) << ") failed: " << e.what();
-        send(protocol::Failed{control_.rank(), a->id, e.what(), kExitInternal});
+        send(protocol::Failed{control_.rank(), a->id, e.what(), kExitInternal, std::nullopt});
       }
     }
   }

@@ -2,6 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <optional>
+
 
 #include "common/error.h"
 #include "partition/model_index.h"
@@ -34,6 +37,7 @@ const at::Tensor& BlockWeights::tensor(const std::string& suffix) const {
       {"input_layernorm.bias", &input_norm_bias}, {"post_attention_layernorm.bias", &post_norm_bias},
       {"input_layernorm.affine_inverse", &input_norm_inverse},
       {"post_attention_layernorm.affine_inverse", &post_norm_inverse},
+      {"self_attn.q_norm.weight", &q_norm},    {"self_attn.k_norm.weight", &k_norm},
   };
   for (const auto& [name, t] : table) {
     if (suffix == name) return *t;
@@ -54,11 +58,15 @@ BlockWeights BlockWeights::load(const storage::CheckpointReader& ckpt, const sto
   w.gate = get("mlp.gate_proj.weight");
   w.up = get("mlp.up_proj.weight");
   w.down = get("mlp.down_proj.weight");
-  if (c.attention_bias) {
+  if (c.qkv_bias) {
     w.q_bias = get("self_attn.q_proj.bias");
     w.k_bias = get("self_attn.k_proj.bias");
     w.v_bias = get("self_attn.v_proj.bias");
-    w.o_bias = get("self_attn.o_proj.bias");
+  }
+  if (c.o_bias) w.o_bias = get("self_attn.o_proj.bias");
+  if (c.qk_norm) {
+    w.q_norm = get("self_attn.q_norm.weight");
+    w.k_norm = get("self_attn.k_norm.weight");
   }
   if (c.quant && c.quant->norm_bias) {
     w.input_norm_bias = get("input_layernorm.bias");
@@ -91,6 +99,10 @@ BlockWeights BlockWeights::random(const storage::LlamaConfig& c, at::ScalarType 
   w.gate = mat(c.intermediate_size, c.hidden_size);
   w.up = mat(c.intermediate_size, c.hidden_size);
   w.down = mat(c.hidden_size, c.intermediate_size);
+  if (c.qk_norm) {
+    w.q_norm = (1 + norm_std * at::randn({c.head_dim}, at::kDouble)).to(dtype);
+    w.k_norm = (1 + norm_std * at::randn({c.head_dim}, at::kDouble)).to(dtype);
+  }
   return w;
 }
 
@@ -99,7 +111,7 @@ template <typename W, typename F>
 static void for_each_tensor(W& w, F&& f) {
   for (auto* t : {&w.input_norm, &w.post_norm, &w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down, &w.q_bias, &w.k_bias,
                   &w.v_bias, &w.o_bias, &w.gate_bias, &w.up_bias, &w.down_bias, &w.input_norm_bias, &w.post_norm_bias,
-                  &w.input_norm_inverse, &w.post_norm_inverse, &w.down_rotation, &w.qk_rotation}) {
+                  &w.input_norm_inverse, &w.post_norm_inverse, &w.q_norm, &w.k_norm, &w.down_rotation, &w.qk_rotation}) {
     if (t->defined()) f(*t);
   }
 }
@@ -135,6 +147,18 @@ at::Tensor block_norm(const at::Tensor& x, const at::Tensor& weight, const at::T
   return n;
 }
 
+// Qwen3's per-head RMSNorm over head_dim of x [B, T, heads, d]; x itself when the model has none.
+static at::Tensor head_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  return weight.defined() ? rms_norm(x, weight, eps) : x;
+}
+
+// [T, T] true where query i may attend to key j: j <= i and i - j < window (transformers' sliding window).
+static at::Tensor window_mask(std::int64_t T, std::int64_t window, const at::Device& device) {
+  const at::Tensor i = at::arange(T, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(1);
+  const at::Tensor j = i.transpose(0, 1);
+  return (j <= i) & ((i - j) < window);
+}
+
 at::Tensor block_forward(const storage::LlamaConfig& c, const BlockWeights& w, const at::Tensor& x,
                          const RopeTables& rope, const ActQuantSpec& act, BlockTaps* taps) {
   const std::int64_t B = x.size(0), T = x.size(1);
@@ -148,13 +172,22 @@ at::Tensor block_forward(const storage::LlamaConfig& c, const BlockWeights& w, c
   const auto per_token = RopeLayout::kTokensHeads;
   // R3 (online, when the model has one) rotates each head's q and k alike after RoPE, before they are quantized.
   auto r3 = [&](const at::Tensor& t) { return w.qk_rotation.defined() ? at::matmul(t, w.qk_rotation.to(t.scalar_type())) : t; };
-  auto q = aq(r3(apply_rope(linear(n1, w.q, w.q_bias).view({B, T, nh, d}), rope, 0, per_token))).transpose(1, 2);
-  auto k = aq(r3(apply_rope(linear(n1, w.k, w.k_bias).view({B, T, nkv, d}), rope, 0, per_token))).transpose(1, 2);
+  auto q = aq(r3(apply_rope(head_norm(linear(n1, w.q, w.q_bias).view({B, T, nh, d}), w.q_norm, c.rms_norm_eps), rope, 0,
+                            per_token)))
+               .transpose(1, 2);
+  auto k = aq(r3(apply_rope(head_norm(linear(n1, w.k, w.k_bias).view({B, T, nkv, d}), w.k_norm, c.rms_norm_eps), rope,
+                            0, per_token)))
+               .transpose(1, 2);
   auto v = aq(linear(n1, w.v, w.v_bias).view({B, T, nkv, d})).transpose(1, 2);
   // Causal softmax(q kᵀ / √d) v, KV head j serving query heads [j*g, (j+1)*g): the fused kernel (flash
   // attention on CPU and GPU) skips the masked half and never materialises the [T, T] scores, 2-7x faster
   // than the explicit form forward and backward (same values to ~1e-6: an online softmax sums in blocks).
-  auto attn = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt, /*enable_gqa=*/nkv != nh)
+  // A sliding window shorter than the sequence needs an explicit mask.
+  const bool windowed = c.sliding_window > 0 && T > c.sliding_window;
+  const std::optional<at::Tensor> mask = windowed ? std::optional<at::Tensor>(window_mask(T, c.sliding_window, x.device()))
+                                                  : std::nullopt;
+  auto attn = at::scaled_dot_product_attention(q, k, v, mask, 0.0, /*is_causal=*/!windowed, std::nullopt,
+                                               /*enable_gqa=*/nkv != nh)
                   .transpose(1, 2)
                   .reshape({B, T, nh * d});
   auto h = x + linear(aq(attn), w.o, w.o_bias);
@@ -177,14 +210,19 @@ at::Tensor block_decode(const storage::LlamaConfig& c, const BlockWeights& w, co
   const std::int64_t B = x.size(0), pos = cache.length();
   const std::int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, d = c.head_dim;
   auto n1 = block_norm(x, w.input_norm, w.input_norm_bias, w.input_norm_inverse, c.rms_norm_eps);
-  auto q = apply_rope(linear(n1, w.q, w.q_bias).view({B, 1, nh, d}).transpose(1, 2), rope, pos);
-  auto k = apply_rope(linear(n1, w.k, w.k_bias).view({B, 1, nkv, d}).transpose(1, 2), rope, pos);
+  auto q = apply_rope(head_norm(linear(n1, w.q, w.q_bias).view({B, 1, nh, d}), w.q_norm, c.rms_norm_eps).transpose(1, 2),
+                      rope, pos);
+  auto k = apply_rope(head_norm(linear(n1, w.k, w.k_bias).view({B, 1, nkv, d}), w.k_norm, c.rms_norm_eps).transpose(1, 2),
+                      rope, pos);
   auto v = linear(n1, w.v, w.v_bias).view({B, 1, nkv, d}).transpose(1, 2);
   cache.k = cache.k.defined() ? at::cat({cache.k, k}, 2) : k;
   cache.v = cache.v.defined() ? at::cat({cache.v, v}, 2) : v;
-  const std::int64_t T = cache.length(), g = nh / nkv;
-  auto keys = cache.k.unsqueeze(2).expand({B, nkv, g, T, d}).reshape({B, nh, T, d});
-  auto vals = cache.v.unsqueeze(2).expand({B, nkv, g, T, d}).reshape({B, nh, T, d});
+  // With a sliding window only the last sliding_window positions are attended to (the cache keeps all,
+  // so positions stay absolute).
+  const std::int64_t total = cache.length(), g = nh / nkv;
+  const std::int64_t T = c.sliding_window > 0 ? std::min(total, c.sliding_window) : total;
+  auto keys = cache.k.narrow(2, total - T, T).unsqueeze(2).expand({B, nkv, g, T, d}).reshape({B, nh, T, d});
+  auto vals = cache.v.narrow(2, total - T, T).unsqueeze(2).expand({B, nkv, g, T, d}).reshape({B, nh, T, d});
   auto scores = at::matmul(q, keys.transpose(2, 3)) / std::sqrt(static_cast<double>(d));  // all earlier positions
   auto probs = at::softmax(scores, -1, at_least_float(scores.scalar_type())).to(q.scalar_type());
   auto attn = at::matmul(probs, vals).transpose(1, 2).reshape({B, 1, nh * d});

@@ -29,6 +29,7 @@ struct BlockWeights {
   at::Tensor q_bias, k_bias, v_bias, o_bias, gate_bias, up_bias, down_bias;  // undefined when absent
   at::Tensor input_norm_bias, post_norm_bias;        // faithful extras, undefined when absent
   at::Tensor input_norm_inverse, post_norm_inverse;  // [H, H]
+  at::Tensor q_norm, k_norm;  // Qwen3's per-head RMSNorm weights [head_dim], undefined when absent
   // R4: down_proj's input is x·down_rotation at run time ([F, F], shared by every block; down is already
   // W·down_rotation); undefined when the model has none.
   at::Tensor down_rotation;

@@ -118,7 +118,7 @@ class ScriptedWorker {
         net_.disconnect(t_.rank());
         return false;
       case OnUnit::kFail:
-        send(protocol::Failed{t_.rank(), a.id, "scripted failure"});
+        send(protocol::Failed{t_.rank(), a.id, "scripted failure", 1, std::nullopt});
         current_ = 0;
         return true;
       case OnUnit::kAwaitCheckpoint:

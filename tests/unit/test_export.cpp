@@ -142,6 +142,19 @@ TEST_F(Export, ModelsTheFormatsCannotExpressAreRefusedWithTheReason) {
   auto s = qf("export --format gptq --model " + shell_quote(s4.string()) + " --out " + shell_quote((dir / "s4-gptq").string()));
   EXPECT_EQ(s.exit_code, 2);
   EXPECT_NE(s.output.find("mlp."), std::string::npos) << s.output;
+  // ... and quantize --export gptq says so before calibrating (also for a group size that divides nothing).
+  for (const std::string flags : {"--wbits 4 --sym", "--wbits 4 --group-size 100"}) {
+    auto e = qf("quantize --method rtn " + flags + " --export gptq --model " + shell_quote(stories.string()) + " --out " +
+                shell_quote((dir / "s4e").string()));
+    EXPECT_EQ(e.exit_code, 2) << e.output;
+    EXPECT_NE(e.output.find("cannot export gptq: model.layers.*."), std::string::npos) << e.output;  // the layer named
+    EXPECT_FALSE(fs::exists(dir / "s4e"));
+  }
+  auto g100 = qf("quantize --method rtn --wbits 4 --group-size 100 --export gptq --model " + shell_quote(model.string()) +
+                 " --out " + shell_quote((dir / "g100").string()));
+  EXPECT_EQ(g100.exit_code, 2) << g100.output;
+  EXPECT_NE(g100.output.find("group_size: 100 does not divide in_features 256"), std::string::npos) << g100.output;
+  EXPECT_FALSE(fs::exists(dir / "g100"));
 }
 
 TEST_F(Export, ThreeBitGptqFromAFinishedJobDirectory) {

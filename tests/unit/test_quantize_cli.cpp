@@ -47,7 +47,7 @@ TEST_F(QuantizeCli, AffineQuantW4A4FromModelGenerateReloadsToTheInMemoryModel) {
   EXPECT_EQ(cfg.quant->method, "affinequant");
   EXPECT_EQ(cfg.quant->act_bits, 4);
   EXPECT_TRUE(cfg.quant->deployable);
-  EXPECT_FALSE(cfg.attention_bias);  // deployable: no shifts, a stock LLaMA graph
+  EXPECT_FALSE(cfg.qkv_bias || cfg.o_bias);  // deployable: no shifts, a stock LLaMA graph
   json report = json::parse(read_file(out / "calibration_report.json"));
   ASSERT_EQ(report["blocks"].size(), 5u);
   for (const auto& b : report["blocks"]) EXPECT_LE(b["final_loss"].get<double>(), b["initial_loss"].get<double>() * 1.05);
@@ -93,7 +93,7 @@ TEST_F(QuantizeCli, RtnIsWorseThanFpAndFaithfulRecordsExtras) {
   auto fc = storage::read_llama_config(dir / "faithful");
   EXPECT_FALSE(fc.quant->deployable);
   EXPECT_TRUE(fc.quant->norm_bias);       // shifts fold into an RMSNorm bias
-  EXPECT_TRUE(fc.attention_bias);         // ... and q/k/v/o biases
+  EXPECT_TRUE(fc.qkv_bias && fc.o_bias);  // ... and q/k/v/o biases
   EXPECT_TRUE(fc.quant->norm_affine);     // W3 per-channel faithful recipe uses LN matrices
   json fq = qforge_eval_json("--model " + shell_quote((dir / "faithful").string()) + data);
   EXPECT_TRUE(fq.contains("ppl"));
@@ -295,7 +295,17 @@ TEST(QuantizeDryRun, PrintsThePlanAndWritesNothing) {
   // stories260K-hf: 5 blocks x 9 tensors + embeddings + final norm (tied head).
   EXPECT_NE(r.output.find("coverage: 47 tensors, each exactly once"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("estimated peak memory per rank"), std::string::npos) << r.output;
+  // Which formats the result will export to, with the reasons for the others.
+  EXPECT_NE(r.output.find("export gptq: no (GPTQ checkpoints are weight-only"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("export compressed-tensors: no (compressed-tensors int-quantized expresses W8A8 only"),
+            std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir / "out"));
+  r = test::run_command(test::qforge_binary() + " quantize --dry-run --method rtn --wbits 4 --model " +
+                        test::shell_quote(model.string()) + " --out " + test::shell_quote((dir / "out").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("export gptq: no (model.layers.*.mlp.gate_proj: out_features: 172 is not a multiple of 32"),
+            std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("export compressed-tensors: yes"), std::string::npos) << r.output;
   // A global batch smaller than the team is refused before anything runs.
   auto bad = test::run_command(test::qforge_binary() + " quantize --dry-run --model " + test::shell_quote(model.string()) +
                                " --out " + test::shell_quote((dir / "out").string()) +

@@ -38,7 +38,7 @@ TEST(HfConfig, ParsesRef6mAndDefaults) {
   EXPECT_EQ(c.head_dim, 32);
   EXPECT_EQ(c.kv_dim(), 128);
   EXPECT_EQ(c.rope_scaling.type, "default");
-  EXPECT_FALSE(c.attention_bias);
+  EXPECT_FALSE(c.qkv_bias || c.o_bias);
   // 6.8M parameters: 6 blocks + embeddings + untied head + final norm.
   EXPECT_EQ(c.block_parameters(), 2 * 256 + 256 * 256 * 2 + 2 * 128 * 256 + 3 * 768 * 256);
   EXPECT_EQ(c.total_parameters(), 6 * c.block_parameters() + 2 * 4096 * 256 + 256);
