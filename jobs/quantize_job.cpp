@@ -84,7 +84,7 @@ storage::LlamaConfig planned_output_config(const QuantizeSpec& s) {
   c.quant = make_quant_config(s);
   if (s.rotate != worker::RotationKind::kNone) {
     json r = {{"kind", worker::rotation_kind_name(s.rotate)}, {"seed", s.rotate_seed}};
-    if (s.abits < 16) r["r3"] = r["r4"] = "online";  // worker::write_rotated_model's rule
+    if (worker::online_rotations(s.abits)) r["r3"] = r["r4"] = "online";
     c.quant->calibration["rotation"] = r;
   }
   return c;
@@ -334,8 +334,8 @@ void write_rotated_model_once(const QuantizeSpec& s, const storage::JobLayout& j
   if (fs::exists(jd.rotation_record_path())) return;
   const fs::path tmp = temp_path_for(jd.rotated_model_dir());
   fs::remove_all(tmp);
-  // R3/R4 only when activations are quantized: a weight-only result stays free of run-time operations.
-  const json record = worker::write_rotated_model(s.model, tmp, s.rotate, s.rotate_seed, s.abits < 16);
+  const json record =
+      worker::write_rotated_model(s.model, tmp, s.rotate, s.rotate_seed, worker::online_rotations(s.abits));
   write_file_atomic(tmp / "qforge-rotation.json", record.dump(1) + "\n");
   fs::remove_all(jd.rotated_model_dir());
   fs::rename(tmp, jd.rotated_model_dir());

@@ -168,8 +168,10 @@ LlamaConfig parse_llama_config(const json& j, const std::string& where) {
   c.mlp_bias = r.boolean("mlp_bias", false);
   c.qk_norm = arch->qk_norm;
   if (arch->sliding_window) c.sliding_window = r.integer("sliding_window", 0, 0);
-  const bool sliding_layers = j.contains("layer_types") && j.at("layer_types").is_array() &&
-                              j.at("layer_types").dump().find("sliding_attention") != std::string::npos;
+  bool sliding_layers = false;
+  if (j.contains("layer_types") && j.at("layer_types").is_array()) {
+    for (const json& t : j.at("layer_types")) sliding_layers = sliding_layers || t == "sliding_attention";
+  }
   if (r.boolean("use_sliding_window", false) || (sliding_layers && !arch->sliding_window)) {
     throw InputError(where, "use_sliding_window", "sliding-window attention in " + c.model_type +
                                                       " models is not supported (only Mistral's sliding_window)");

@@ -53,6 +53,10 @@ void rotate_block(const storage::LlamaConfig& config, BlockWeights& block, const
 // seed + 3), stored once as model.down_proj_rotation and model.qk_rotation (config.json
 // qforge_down_proj_rotation, qforge_qk_rotation). Returns what was applied, for the output's config:
 // {"kind", "seed", "r1", "r2"[, "r3", "r4"]} (their constructions).
+// The online rotations (R3, R4) come with quantized activations only: a weight-only result stays free of
+// run-time operations.
+inline bool online_rotations(int act_bits) { return act_bits < 16; }
+
 nlohmann::json write_rotated_model(const std::filesystem::path& model, const std::filesystem::path& out, RotationKind kind,
                                    std::uint64_t seed, bool online);
 
