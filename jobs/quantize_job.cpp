@@ -260,7 +260,7 @@ void check_writable_folder(const fs::path& path, const std::string& flag) {
     fs::path p = fs::absolute(path);
     while (!fs::exists(p) && p.has_parent_path() && p != p.parent_path()) p = p.parent_path();
     if (!fs::is_directory(p)) refuse(p.string() + " is a file, not a folder");
-    std::string probe = (p / ".qforge-probe-XXXXXX").string();
+    std::string probe = (p / (std::string(storage::OutputFolder::kWriteProbePrefix) + "XXXXXX")).string();
     if (::mkdtemp(probe.data()) == nullptr) refuse("cannot create a folder in " + p.string() + ": " + std::strerror(errno));
     ::rmdir(probe.c_str());
   } catch (const fs::filesystem_error& e) {
@@ -290,6 +290,24 @@ partition::Plan preflight(const QuantizeSpec& s, int ranks) {
   storage::OutputFolder::check_target(s.out, "--out", {job_dir_of(s)});
   if (!s.export_format.empty()) storage::OutputFolder::check_target(s.export_out, "--export-out");
   return partition::make_block_plan(model_index(s), plan_options(s, ranks));  // batch vs team, memory, coverage
+}
+
+// The preflight on every rank, and their agreement before the first collective: a rank whose check fails
+// (a folder another node cannot see, a race with a peer) rethrows its own reason, and the others exit 2
+// with it instead of waiting in MPI_Comm_dup for a rank that left (nothing on those).
+std::optional<partition::Plan> agreed_preflight(const QuantizeSpec& s, int ranks) {
+  std::optional<partition::Plan> plan;
+  std::exception_ptr error;
+  try {
+    plan = preflight(s, ranks);
+  } catch (...) {
+    error = std::current_exception();
+  }
+  int ok = plan ? 1 : 0, all_ok = 0;
+  QF_MPI_CHECK(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+  if (error) std::rethrow_exception(error);
+  if (!all_ok) plan.reset();
+  return plan;
 }
 
 int print_dry_run(const QuantizeSpec& s, const partition::Plan& plan, int ranks) {
@@ -584,7 +602,9 @@ int run_quantize_job(const QuantizeSpec& s) {
   const auto t_start = std::chrono::steady_clock::now();
   MpiSession mpi(nullptr, nullptr);
   const int rank = mpi.world_rank(), ranks = mpi.world_size();
-  const partition::Plan plan = preflight(s, ranks);
+  const std::optional<partition::Plan> agreed = agreed_preflight(s, ranks);
+  if (!agreed) return kExitBadInput;
+  const partition::Plan& plan = *agreed;
   if (s.dry_run) return rank == 0 ? print_dry_run(s, plan, ranks) : kExitOk;
   set_log_identity(ranks > 1 ? rank : -1, rank == 0 ? "coord+worker" : "worker");
   // Team members log the same epoch lines as rank 0; at the default level only rank 0 speaks.

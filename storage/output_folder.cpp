@@ -79,6 +79,7 @@ void OutputFolder::check_target(const fs::path& dir, const std::string& flag, co
   std::vector<std::string> foreign;
   for (const auto& e : fs::directory_iterator(dir)) {
     const std::string name = e.path().filename().string();
+    if (name.rfind(kWriteProbePrefix, 0) == 0) continue;  // another rank's writability probe, gone in a moment
     bool ok = ours.count(name) > 0 || (e.is_regular_file() && is_output_name(name));
     for (const auto& a : allowed) {
       std::error_code ec;

@@ -27,6 +27,9 @@ class OutputFolder {
   // Present from the start of a write until its publish: what names a folder as interrupted mid-write
   // even after the previous output's config.json is gone.
   static constexpr const char* kWritingMarker = ".qforge-writing";
+  // Prefix of the empty folders a preflight creates and removes to learn that a folder is writable;
+  // every rank probes at once, so one rank's probe is nothing foreign to another's check_target.
+  static constexpr const char* kWriteProbePrefix = ".qforge-probe-";
 
   // InputError naming `flag` when `dir` exists and holds an entry that is neither the previous output's
   // (listed in its manifest, or named like a file qforge writes) nor one of `allowed` (e.g. the default

@@ -78,6 +78,9 @@ TEST(OutputFolder, ATargetHoldingFilesQforgeDidNotWriteIsRefusedBeforeAnyCompute
   const fs::path dir = test::make_temp_dir("outtarget");
   fs::create_directories(dir / "out" / ".qforge-job");
   write_file_atomic(dir / "out" / "model.safetensors", "an interrupted run's shard");  // ours: replaced
+  // Another rank's writability probe of the same folder, present for an instant during every preflight
+  // (counting it as foreign failed one rank in ~8 of a 3-rank job's reruns, and hung the others).
+  fs::create_directories(dir / "out" / (std::string(OutputFolder::kWriteProbePrefix) + "8gANLO"));
   OutputFolder::check_target(dir / "out", "--out", {dir / "out" / ".qforge-job"});
   write_file_atomic(dir / "out" / "thesis.pdf", "not ours");
   const std::string why = refusal([&] { OutputFolder::check_target(dir / "out", "--out", {dir / "out" / ".qforge-job"}); });
