@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what qforge needs, then configures and builds it in Release under build/. Safe to re-run:
 # what is present is not installed again and the build is incremental.
-#   - Debian's packages: compilers, Open MPI, HDF5, Boost, SentencePiece, GoogleTest, nlohmann-json,
+#   - Debian's packages: compilers, Open MPI, HDF5, Boost, SentencePiece, PCRE2, utf8proc, GoogleTest, nlohmann-json,
 #     OpenSSL, zlib, Slurm (the slurm test tier), Python's venv;
 #   - LibTorch from PyPI: the `torch` wheel pinned to the H200's version (2.11.0, a CUDA 13.0 build that runs
 #     on CPU-only machines too) in a virtual environment kept outside the tree, so that every clone and CI
@@ -22,6 +22,7 @@ source scripts/torch_env.sh
 packages=(cmake g++ make pkg-config git python3 python3-venv python3-pip
   libopenmpi-dev openmpi-bin libhdf5-dev libboost-program-options-dev
   googletest libgtest-dev nlohmann-json3-dev libsentencepiece-dev libssl-dev zlib1g-dev
+  libpcre2-dev libutf8proc-dev  # tokenizer.json: Unicode regexes and normalization
   slurmctld slurmd slurm-client munge libpmix-dev  # the slurm test tier (slurm/dev/local-cluster.sh)
   patchelf)  # scripts/make-device-bundle.sh (the GPU machine's bundle)
 

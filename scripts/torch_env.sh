@@ -18,7 +18,9 @@ qforge_torch_venv() {
 
 # The interop tier's Python clients (tests/interop), pinned, in the same environment: transformers as the
 # forward oracle and loader, compressed-tensors to load qforge's exports. torch stays at the pinned version.
-QFORGE_INTEROP_PACKAGES=(transformers==5.25.0 tokenizers==0.23.3 safetensors==0.8.0 compressed-tensors==0.20.1)
+# sentencepiece + protobuf: transformers converts LLaMA-2's tokenizer.model to a tokenizer.json (tokenizer tests).
+QFORGE_INTEROP_PACKAGES=(transformers==5.25.0 tokenizers==0.23.3 safetensors==0.8.0 compressed-tensors==0.20.1
+  sentencepiece==0.2.3 protobuf==7.36.2)
 qforge_interop_packages() {
   local want
   want=$(printf '%s\n' "${QFORGE_INTEROP_PACKAGES[@]}")

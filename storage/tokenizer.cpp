@@ -15,6 +15,8 @@ std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& path) {
   if (fs::is_directory(path, ec)) throw InputError(source, "", "is a directory, not a tokenizer file");
   const std::string bytes = read_file(path);
   if (bytes.empty()) throw InputError(source, "", "empty file: not a SentencePiece model or llama2.c tokenizer.bin");
+  const auto first = bytes.find_first_not_of(" \t\r\n");
+  if (first != std::string::npos && bytes[first] == '{') return parse_hf_json_tokenizer(bytes, source);  // JSON
 
   // The llama2.c format has no magic, but its structure (entries ending exactly at EOF, every length
   // within max_token_length) is strict enough that a SentencePiece protobuf never passes it, so it is
@@ -29,7 +31,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& path) {
 }
 
 fs::path find_model_tokenizer(const fs::path& model_dir) {
-  for (const char* name : {"tokenizer.model", "tokenizer.bin"}) {
+  for (const char* name : {"tokenizer.model", "tokenizer.bin", "tokenizer.json"}) {
     fs::path candidate = model_dir / name;
     std::error_code ec;
     if (fs::is_regular_file(candidate, ec)) return candidate;

@@ -10,8 +10,10 @@
 //   text is non-empty, one vocabulary lookup per UTF-8 code point with byte fallback (id = byte + 3),
 //   then repeatedly merge the adjacent pair whose concatenation is in the vocabulary with the highest
 //   score (leftmost on ties).
-// Models whose tokenizer qforge cannot run (HF tokenizer.json BPE, e.g. LLaMA-3) are used through token
-// files (storage/token_file.h) written by any tool.
+// - HF tokenizers `tokenizer.json` with a BPE model (storage/hf_json_tokenizer.cpp): byte-level BPE
+//   (LLaMA-3, Qwen2/3, GPT-2) and SentencePiece-style BPE with byte fallback (LLaMA-2/Mistral converted),
+//   added/special tokens, NFC and the other normalizers these families use, the post-processor's BOS.
+// Other tokenizers are used through token files (storage/token_file.h) written by any tool.
 #pragma once
 
 #include <cstdint>
@@ -27,21 +29,22 @@ namespace fs = std::filesystem;
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
-  // The ids the model was trained on; with add_bos the BOS id comes first.
+  // The ids the model was trained on; with add_bos the BOS id comes first (tokenizer.json: the special
+  // tokens its post-processor adds, none for Qwen).
   virtual std::vector<std::int32_t> encode(const std::string& text, bool add_bos) const = 0;
   virtual std::string decode(const std::vector<std::int32_t>& ids) const = 0;
   virtual int vocab_size() const = 0;
   virtual int bos_id() const = 0;
   virtual int eos_id() const = 0;
-  // "sentencepiece" or "llama2c".
+  // "sentencepiece", "llama2c" or "tokenizer.json".
   virtual std::string kind() const = 0;
 };
 
-// Loads by content: a llama2.c tokenizer.bin or a SentencePiece model (detected by parsing, not by
-// the file name). InputError naming the file when it is neither, missing or truncated.
+// Loads by content: a tokenizer.json (JSON), a llama2.c tokenizer.bin or a SentencePiece model (detected
+// by parsing, not by the file name). InputError naming the file when it is neither, missing or truncated.
 std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& path);
 
-// Finds the tokenizer of a model folder when none is given: tokenizer.model, then tokenizer.bin.
+// Finds the tokenizer of a model folder when none is given: tokenizer.model, tokenizer.bin, tokenizer.json.
 // Returns an empty path when there is none.
 fs::path find_model_tokenizer(const fs::path& model_dir);
 

@@ -23,4 +23,7 @@ bool looks_like_llama2c_tokenizer(const std::string& bytes);
 // `source` for a real ModelProto qforge cannot run (not BPE, denormalization rules, broken pieces).
 std::unique_ptr<Tokenizer> parse_sentencepiece_tokenizer(const std::string& bytes, const std::string& source);
 
+// HF tokenizers' tokenizer.json (storage/hf_json_tokenizer.cpp); InputError naming the field it cannot run.
+std::unique_ptr<Tokenizer> parse_hf_json_tokenizer(const std::string& bytes, const std::string& source);
+
 }  // namespace qforge::storage

@@ -13,6 +13,12 @@
       transformers runs asymmetric pack-quantized checkpoints on CPU (its compressed path fails on their
       packed zero points: vllm-project/llm-compressor#1618).
 
+  hf_reference.py tokenizer FAMILY OUT_DIR [--train C4.jsonl | --spm tokenizer.model]
+      A tokenizer.json with the published structure of FAMILY (llama3, qwen2: byte-level BPEs trained here;
+      llama2: SentencePiece converted by transformers).
+  hf_reference.py encode TOKENIZER_JSON OUT_FILE --wikitext FILE --c4 FILE
+      tokenizers' ids for the WikiText-2 text and each C4 document.
+
 Test-time tool only: qforge itself never runs Python.
 """
 import argparse
@@ -76,6 +82,76 @@ def logits(args):
     save_file(tensors, args.out)
 
 
+# The published pre-tokenizer regexes of the families (their tokenizer.json "Split" patterns).
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def tokenizer(args):
+    """A tokenizer.json with a family's published structure: LLaMA-3 and Qwen2 byte-level BPEs trained
+    here on --train (their regex, LLaMA-3's ignore_merges and BOS template, Qwen2's NFC and no BOS), or
+    LLaMA-2's SentencePiece model converted by transformers (--spm)."""
+    import json
+    import os
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "tokenizer.json")
+    if args.family == "llama2":
+        import shutil
+        from transformers import LlamaTokenizer
+        shutil.copy(args.spm, os.path.join(args.out, "tokenizer.model"))  # from_pretrained converts it
+        LlamaTokenizer.from_pretrained(args.out).backend_tokenizer.save(path)
+        os.remove(os.path.join(args.out, "tokenizer.model"))
+        return
+    pattern = LLAMA3_PATTERN if args.family == "llama3" else QWEN2_PATTERN
+    tok = Tokenizer(models.BPE())
+    if args.family == "qwen2":
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    specials = (["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>"]
+                if args.family == "llama3" else ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    trainer = trainers.BpeTrainer(vocab_size=args.vocab, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    with open(args.train, encoding="utf-8") as f:
+        lines = [json.loads(line)["text"] for line in f][: args.docs]
+    tok.train_from_iterator(lines, trainer=trainer)
+    if args.family == "llama3":
+        bos = tok.token_to_id("<|begin_of_text|>")
+        tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                           special_tokens=[("<|begin_of_text|>", bos)])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.save(path)
+    if args.family == "llama3":  # as LLaMA-3's file: whole words in the vocabulary skip the merges
+        with open(path, encoding="utf-8") as f:
+            j = json.load(f)
+        j["model"]["ignore_merges"] = True
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(j, f, ensure_ascii=False)
+
+
+def encode(args):
+    """tokenizers' ids (special tokens added as the post-processor says) for the WikiText-2 test text as one
+    string and for each C4 document: {"wikitext": [n], "c4": [m], "c4_offsets": [docs + 1]}."""
+    import json
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(args.tokenizer)
+    with open(args.wikitext, encoding="utf-8") as f:
+        wiki = tok.encode(f.read()).ids
+    c4, offsets = [], [0]
+    with open(args.c4, encoding="utf-8") as f:
+        for line in f:
+            c4 += tok.encode(json.loads(line)["text"]).ids
+            offsets.append(len(c4))
+    save_file({"wikitext": torch.tensor(wiki, dtype=torch.int64), "c4": torch.tensor(c4, dtype=torch.int64),
+               "c4_offsets": torch.tensor(offsets, dtype=torch.int64)}, args.out)
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -93,8 +169,20 @@ def main():
     lg.add_argument("--seed", type=int, default=0)
     lg.add_argument("--dequantize", action="store_true")
     lg.add_argument("--dump-weights", action="store_true")
+    t = sub.add_parser("tokenizer")
+    t.add_argument("family", choices=["llama3", "qwen2", "llama2"])
+    t.add_argument("out")
+    t.add_argument("--train", help="C4 jsonl to train on (llama3, qwen2)")
+    t.add_argument("--docs", type=int, default=300)
+    t.add_argument("--vocab", type=int, default=3000)
+    t.add_argument("--spm", help="tokenizer.model to convert (llama2)")
+    e = sub.add_parser("encode")
+    e.add_argument("tokenizer")
+    e.add_argument("out")
+    e.add_argument("--wikitext", required=True)
+    e.add_argument("--c4", required=True)
     args = p.parse_args()
-    {"make": make, "logits": logits}[args.cmd](args)
+    {"make": make, "logits": logits, "tokenizer": tokenizer, "encode": encode}[args.cmd](args)
 
 
 if __name__ == "__main__":
