@@ -12,6 +12,7 @@
 #include "common/file_util.h"
 #include "common/log.h"
 #include "storage/output_folder.h"
+#include "storage/quant_config.h"
 #include "storage/quant_pack.h"
 
 namespace qforge::storage {
@@ -40,18 +41,59 @@ std::vector<std::pair<std::string, std::pair<std::int64_t, std::int64_t>>> linea
           {"mlp.down_proj", {h, f}}};
 }
 
+// The block of a decoder linear's name ("model.layers.<b>.<...>"), -1 for any other tensor.
+int block_of(const std::string& linear) {
+  const std::string head = "model.layers.";
+  if (linear.compare(0, head.size(), head) != 0) return -1;
+  return std::atoi(linear.c_str() + head.size());
+}
+
+// The distinct (weight bits, activation bits) of the blocks, each with its blocks in order.
+using Schemes = std::map<std::pair<int, int>, std::vector<int>>;
+Schemes block_schemes(const LlamaConfig& c, const QuantConfig& q) {
+  Schemes out;
+  for (int b = 0; b < c.num_hidden_layers; ++b) out[{q.weight_bits(b), q.activation_bits(b)}].push_back(b);
+  return out;
+}
+
 // The packers' own checks (storage/quant_pack.h) on every linear shape, as a reason.
-std::string packing_refusal(const LlamaConfig& c, const QuantConfig& q, ExportFormat format) {
+std::string packing_refusal(const LlamaConfig& c, const QuantConfig& q, int bits, ExportFormat format) {
   if (format != ExportFormat::kGptq) return "";
   for (const auto& [name, shape] : linear_shapes(c)) {
     try {
-      check_gptq_bits(q.bits, "model.layers.*." + name);
+      check_gptq_bits(bits, "model.layers.*." + name);
       check_gptq_shape(shape.first, shape.second, q.group_size, "model.layers.*." + name);
     } catch (const InputError& e) {
       return e.what();
     }
   }
   return "";
+}
+
+// Why `format` cannot hold blocks of `bits`-bit weights and `act_bits`-bit activations ("" when it can).
+std::string scheme_refusal(const LlamaConfig& model, const QuantConfig& q, int bits, int act_bits, ExportFormat format) {
+  if (format == ExportFormat::kGptq && act_bits < 16) {
+    return "GPTQ checkpoints are weight-only and this model quantizes activations to " + std::to_string(act_bits) +
+           " bits; export compressed-tensors (W8A8 with --act-sym) or calibrate with --abits 16";
+  }
+  if (format == ExportFormat::kCompressedTensors) {
+    if (act_bits == 16 && bits != 4 && bits != 8) {
+      return "compressed-tensors pack-quantized holds 4- or 8-bit weights (this model has " + std::to_string(bits) + ")";
+    }
+    if (act_bits < 16) {
+      if (act_bits != 8 || bits != 8) {
+        return "compressed-tensors int-quantized expresses W8A8 only (this model is W" + std::to_string(bits) + "A" +
+               std::to_string(act_bits) + ")";
+      }
+      if (!q.act_sym) {
+        return "compressed-tensors reads dynamic per-token activations only as symmetric int8; calibrate with --act-sym";
+      }
+      if (!q.sym || q.group_size != 0) {
+        return "compressed-tensors int-quantized needs symmetric per-channel weights; calibrate with --sym --group-size 0";
+      }
+    }
+  }
+  return packing_refusal(model, q, bits, format);
 }
 
 }  // namespace
@@ -69,44 +111,38 @@ std::string export_refusal(const LlamaConfig& model, ExportFormat format) {
     return "it was calibrated with --faithful and needs runtime transforms (norm shifts/matrices) no engine format "
            "expresses; calibrate without --faithful";
   }
-  if (!q.block_overrides.empty()) {
-    return "it has per-block bit overrides (--block-override), which one quantization_config cannot express";
+  const Schemes schemes = block_schemes(model, q);
+  std::set<bool> activation_formats;
+  for (const auto& [scheme, blocks] : schemes) {
+    const std::string why = scheme_refusal(model, q, scheme.first, scheme.second, format);
+    if (!why.empty()) return schemes.size() == 1 ? why : "block " + std::to_string(blocks.front()) + ": " + why;
+    activation_formats.insert(scheme.second < 16);
   }
-  if (format == ExportFormat::kGptq && q.act_bits < 16) {
-    return "GPTQ checkpoints are weight-only and this model quantizes activations to " + std::to_string(q.act_bits) +
-           " bits; export compressed-tensors (W8A8 with --act-sym) or calibrate with --abits 16";
+  if (activation_formats.size() > 1) {
+    return "it mixes weight-only and W8A8 blocks, which compressed-tensors writes in two formats (pack-quantized, "
+           "int-quantized) where one checkpoint holds one";
   }
-  if (format == ExportFormat::kCompressedTensors) {
-    if (q.act_bits == 16 && q.bits != 4 && q.bits != 8) {
-      return "compressed-tensors pack-quantized holds 4- or 8-bit weights (this model has " + std::to_string(q.bits) + ")";
-    }
-    if (q.act_bits < 16) {
-      if (q.act_bits != 8 || q.bits != 8) {
-        return "compressed-tensors int-quantized expresses W8A8 only (this model is W" + std::to_string(q.bits) + "A" +
-               std::to_string(q.act_bits) + ")";
-      }
-      if (!q.act_sym) {
-        return "compressed-tensors reads dynamic per-token activations only as symmetric int8; calibrate with --act-sym";
-      }
-      if (!q.sym || q.group_size != 0) {
-        return "compressed-tensors int-quantized needs symmetric per-channel weights; calibrate with --sym --group-size 0";
-      }
-    }
-  }
-  return packing_refusal(model, q, format);
+  return "";
 }
 
 namespace {
 
-json gptq_config(const QuantConfig& q, const std::string& fmt) {
-  return {{"quant_method", "gptq"}, {"bits", q.bits}, {"group_size", q.group_size > 0 ? q.group_size : -1},
-          {"desc_act", false}, {"sym", q.sym}, {"damp_percent", 0.01}, {"true_sequential", true},
-          {"static_groups", false}, {"lm_head", false}, {"checkpoint_format", fmt}, {"format", fmt},
-          {"pack_dtype", "int32"}, {"meta", {{"quantizer", {std::string("qforge:") + QFORGE_VERSION}}}}};
+// Per-block bits become GPTQModel `dynamic` rules, one per bit width other than the base one, naming its blocks.
+json gptq_config(const QuantConfig& q, const Schemes& schemes, const std::string& fmt) {
+  json j = {{"quant_method", "gptq"}, {"bits", q.bits}, {"group_size", q.group_size > 0 ? q.group_size : -1},
+            {"desc_act", false}, {"sym", q.sym}, {"damp_percent", 0.01}, {"true_sequential", true},
+            {"static_groups", false}, {"lm_head", false}, {"checkpoint_format", fmt}, {"format", fmt},
+            {"pack_dtype", "int32"}, {"meta", {{"quantizer", {std::string("qforge:") + QFORGE_VERSION}}}}};
+  json dynamic = json::object();
+  for (const auto& [scheme, blocks] : schemes) {
+    if (scheme.first != q.bits) dynamic[blocks_target(kGptqDynamicPrefix, blocks)] = {{"bits", scheme.first}};
+  }
+  if (!dynamic.empty()) j["dynamic"] = dynamic;
+  return j;
 }
 
-json ct_config(const QuantConfig& q, bool int_quantized) {
-  json weights = {{"num_bits", q.bits}, {"type", "int"}, {"symmetric", q.sym},
+json ct_scheme(const QuantConfig& q, int bits, const json& target, bool int_quantized) {
+  json weights = {{"num_bits", bits}, {"type", "int"}, {"symmetric", q.sym},
                   {"strategy", q.group_size > 0 ? "group" : "channel"},
                   {"group_size", q.group_size > 0 ? json(q.group_size) : json(nullptr)}, {"dynamic", false},
                   {"actorder", nullptr}, {"block_structure", nullptr}, {"observer", "minmax"},
@@ -116,12 +152,21 @@ json ct_config(const QuantConfig& q, bool int_quantized) {
     acts = {{"num_bits", 8}, {"type", "int"}, {"symmetric", true}, {"strategy", "token"}, {"dynamic", true},
             {"observer", nullptr}};
   }
+  return {{"targets", {target}}, {"weights", weights}, {"input_activations", acts}, {"output_activations", nullptr}};
+}
+
+// One config group targeting Linear, or with per-block bits one group per bit width naming its blocks.
+json ct_config(const QuantConfig& q, const Schemes& schemes, bool int_quantized) {
+  json groups = json::object();
+  for (const auto& [scheme, blocks] : schemes) {
+    const json target = schemes.size() == 1 ? json("Linear") : json(blocks_target(kCtRegexPrefix, blocks));
+    groups["group_" + std::to_string(groups.size())] = ct_scheme(q, scheme.first, target, int_quantized);
+  }
   return {{"quant_method", "compressed-tensors"},
           {"format", int_quantized ? "int-quantized" : "pack-quantized"},
           {"quantization_status", "compressed"},
           {"version", "0.9.0"},
-          {"config_groups", {{"group_0", {{"targets", {"Linear"}}, {"weights", weights}, {"input_activations", acts},
-                                          {"output_activations", nullptr}}}}},
+          {"config_groups", groups},
           {"ignore", {"lm_head"}},
           {"kv_cache_scheme", nullptr},
           {"sparsity_config", json::object()},
@@ -185,18 +230,29 @@ ExportResult export_checkpoint(const ExportOptions& o) {
                              "checkpoint_format gptq_v2, read by GPTQModel and by vLLM's gptq method (PR #26092 and "
                              "later), not by AutoGPTQ, exllama or Marlin");
     }
-    out_quant = gptq ? gptq_config(q, result.checkpoint_format) : ct_config(q, int_quantized);
+    if (int_quantized) {
+      result.notes.push_back("int-quantized holds the linears' dynamic per-token int8 input quantization only: qforge's "
+                             "per-head Q/K/V activation quantization (how the result was scored) is not part of the "
+                             "format, so engines, and qforge eval of this export, run without it");
+    }
+    const Schemes schemes = block_schemes(cfg, q);
+    if (gptq && schemes.size() > 1) {
+      result.notes.push_back("per-block bits are written as GPTQModel `dynamic` rules, read by GPTQModel and vLLM's "
+                             "gptq methods; transformers' own GPTQ loading (optimum) ignores them and cannot load "
+                             "this folder");
+    }
+    out_quant = gptq ? gptq_config(q, schemes, result.checkpoint_format) : ct_config(q, schemes, int_quantized);
     // Packs one linear at a time; the writer asks for its tensors consecutively.
     struct Cache {
       std::string linear;
       std::map<std::string, at::Tensor> tensors;
     };
     auto cache = std::make_shared<Cache>();
-    const int bits = q.bits;
     const std::int64_t gs = q.group_size;
     const bool sym = q.sym;
-    auto packed = [cache, side, bits, gs, sym, gptq, int_quantized, v2](const std::string& linear) -> std::map<std::string, at::Tensor>& {
+    auto packed = [cache, side, q, gs, sym, gptq, int_quantized, v2](const std::string& linear) -> std::map<std::string, at::Tensor>& {
       if (cache->linear == linear) return cache->tensors;
+      const int bits = q.weight_bits(block_of(linear));
       QuantizedLinearData d{side->load(linear + ".codes"), side->load(linear + ".scales"), side->load(linear + ".zeros")};
       std::map<std::string, at::Tensor> t;
       if (gptq) {
@@ -224,7 +280,8 @@ ExportResult export_checkpoint(const ExportOptions& o) {
       // its first tensor (the cache serves the rest).
       const auto& codes = side->info(linear + ".codes");
       const PackedFormat pf = gptq ? PackedFormat::kGptq : int_quantized ? PackedFormat::kInt8Channel : PackedFormat::kPackQuantized;
-      for (const auto& t : packed_layout(pf, codes.shape[0], codes.shape[1], side->info(linear + ".scales").shape[1], bits, gs,
+      for (const auto& t : packed_layout(pf, codes.shape[0], codes.shape[1], side->info(linear + ".scales").shape[1],
+                                         q.weight_bits(block_of(linear)), gs,
                                          sym, linear)) {
         specs.push_back({linear + "." + t.suffix, from_scalar_type(t.dtype), t.shape});
         producers[linear + "." + t.suffix] = [packed, linear, suffix = t.suffix] { return packed(linear).at(suffix); };
@@ -274,7 +331,7 @@ void install_dequantizing_view(CheckpointReader& ckpt, const LlamaConfig& config
       make = [r, l, q, v2] {
         GptqTensors t{r->load_stored(l + ".qweight"), r->load_stored(l + ".qzeros"), r->load_stored(l + ".scales"),
                       r->load_stored(l + ".g_idx")};
-        return dequantize_linear(unpack_gptq(t, q.bits, q.group_size, v2), q.group_size);
+        return dequantize_linear(unpack_gptq(t, q.weight_bits(block_of(l)), q.group_size, v2), q.group_size);
       };
     } else if (fmt == "pack-quantized") {
       at::Tensor shape = ckpt.load(l + ".weight_shape");
@@ -286,7 +343,7 @@ void install_dequantizing_view(CheckpointReader& ckpt, const LlamaConfig& config
         CompressedTensorsPacked t{r->load_stored(l + ".weight_packed"), r->load_stored(l + ".weight_scale"),
                                   has_zp ? r->load_stored(l + ".weight_zero_point") : at::Tensor(),
                                   r->load_stored(l + ".weight_shape")};
-        return dequantize_linear(unpack_compressed_tensors(t, q.bits, q.group_size, !has_zp), q.group_size);
+        return dequantize_linear(unpack_compressed_tensors(t, q.weight_bits(block_of(l)), q.group_size, !has_zp), q.group_size);
       };
     } else {  // int-quantized: int8 weight and per-channel scale
       info.shape = ckpt.info(l + ".weight").shape;

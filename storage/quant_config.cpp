@@ -34,6 +34,25 @@ bool get_bool(const json& j, const char* key, bool fallback, const std::string& 
 
 namespace {
 
+// GPTQModel's `dynamic` (per-module overrides): qforge's per-block bits, each key one positive rule over
+// blocks (blocks_target) overriding "bits" only. Other rules (negative "-:" ones leave modules unquantized,
+// other fields change the packing) are refused rather than misread.
+void read_gptq_dynamic(const json& j, const std::string& where, QuantConfig& q) {
+  if (!j.contains("dynamic") || j["dynamic"].is_null()) return;
+  if (!j["dynamic"].is_object()) throw InputError(where, "quantization_config.dynamic", "must be an object");
+  for (const auto& [key, rule] : j["dynamic"].items()) {
+    const std::string field = "quantization_config.dynamic." + key;
+    const auto blocks = parse_blocks_target(kGptqDynamicPrefix, key);
+    if (!blocks) throw InputError(where, field, "only per-block rules of the form qforge writes are read");
+    if (!rule.is_object() || rule.size() != 1 || !rule.contains("bits") || !rule["bits"].is_number_integer()) {
+      throw InputError(where, field, "only an integer \"bits\" override is read");
+    }
+    const int bits = rule["bits"].get<int>();
+    if (bits < 2 || bits > 8) throw InputError(where, field + ".bits", "must be in [2, 8], got " + std::to_string(bits));
+    for (int b : *blocks) q.block_overrides[b] = {bits, 0};
+  }
+}
+
 // GPTQ (formats-and-ecosystem §3a): weight-only, desc_act false.
 QuantConfig parse_gptq(const json& j, const std::string& where) {
   QuantConfig q;
@@ -47,22 +66,13 @@ QuantConfig parse_gptq(const json& j, const std::string& where) {
   if (fmt != "gptq" && fmt != "gptq_v2") throw InputError(where, "quantization_config.checkpoint_format", "must be gptq or gptq_v2");
   q.format = fmt;
   q.sidecar.clear();
+  read_gptq_dynamic(j, where, q);
   return q;
 }
 
-// compressed-tensors (§3b): one config group targeting Linear, pack-quantized or int-quantized.
-QuantConfig parse_compressed_tensors(const json& j, const std::string& where) {
+// One compressed-tensors config group's scheme (weights, and dynamic per-token activations or none).
+QuantConfig parse_ct_group(const json& g, const std::string& where) {
   QuantConfig q;
-  q.method = "compressed-tensors";
-  q.sidecar.clear();
-  q.format = j.value("format", std::string());
-  if (q.format != "pack-quantized" && q.format != "int-quantized") {
-    throw InputError(where, "quantization_config.format", "only pack-quantized and int-quantized are read");
-  }
-  if (!j.contains("config_groups") || j["config_groups"].size() != 1) {
-    throw InputError(where, "quantization_config.config_groups", "exactly one group is read");
-  }
-  const json& g = j["config_groups"].begin().value();
   const json& w = g.at("weights");
   q.bits = w.at("num_bits").get<int>();
   q.sym = w.value("symmetric", true);
@@ -76,6 +86,61 @@ QuantConfig parse_compressed_tensors(const json& j, const std::string& where) {
     }
     q.act_bits = a.at("num_bits").get<int>();
     q.act_sym = a.value("symmetric", true);
+  }
+  return q;
+}
+
+// compressed-tensors (§3b): one group (its targets taken as every linear), or (per-block bits, as qforge
+// exports them) groups each targeting Linear or naming its blocks (blocks_target); the group over
+// most blocks (or Linear) is the base scheme and the others become block overrides. Groups may differ in
+// bits only.
+QuantConfig parse_compressed_tensors(const json& j, const std::string& where) {
+  const std::string format = j.value("format", std::string());
+  if (format != "pack-quantized" && format != "int-quantized") {
+    throw InputError(where, "quantization_config.format", "only pack-quantized and int-quantized are read");
+  }
+  if (!j.contains("config_groups") || !j["config_groups"].is_object() || j["config_groups"].empty()) {
+    throw InputError(where, "quantization_config.config_groups", "missing or empty");
+  }
+  struct Group {
+    QuantConfig scheme;
+    std::optional<std::vector<int>> blocks;  // none: every Linear
+  };
+  std::vector<Group> groups;
+  const bool one_group = j["config_groups"].size() == 1;  // its targets are read as every quantized linear
+  for (const auto& [name, g] : j["config_groups"].items()) {
+    if (one_group) {
+      groups.push_back({parse_ct_group(g, where), std::nullopt});
+      break;
+    }
+    const std::string field = "quantization_config.config_groups." + name + ".targets";
+    if (!g.contains("targets") || !g["targets"].is_array() || g["targets"].size() != 1 || !g["targets"][0].is_string()) {
+      throw InputError(where, field, "one target is read");
+    }
+    const std::string target = g["targets"][0].get<std::string>();
+    Group group{parse_ct_group(g, where), std::nullopt};
+    if (target != "Linear") {
+      group.blocks = parse_blocks_target(kCtRegexPrefix, target);
+      if (!group.blocks) throw InputError(where, field, "'" + target + "' is not Linear or qforge's per-block form");
+    }
+    groups.push_back(std::move(group));
+  }
+  std::size_t base = 0;
+  for (std::size_t i = 0; i < groups.size(); ++i) {
+    const auto size = [&](std::size_t k) { return groups[k].blocks ? groups[k].blocks->size() : SIZE_MAX; };
+    if (size(i) > size(base)) base = i;
+  }
+  QuantConfig q = groups[base].scheme;
+  q.method = "compressed-tensors";
+  q.sidecar.clear();
+  q.format = format;
+  for (std::size_t i = 0; i < groups.size(); ++i) {
+    if (i == base) continue;
+    const QuantConfig& s = groups[i].scheme;
+    if (!groups[i].blocks || s.sym != q.sym || s.group_size != q.group_size || s.act_sym != q.act_sym) {
+      throw InputError(where, "quantization_config.config_groups", "groups that differ in more than bits, or two groups over every Linear, are not read");
+    }
+    for (int b : *groups[i].blocks) q.block_overrides[b] = {s.bits, s.act_bits};
   }
   return q;
 }
@@ -144,6 +209,39 @@ json quant_config_to_json(const QuantConfig& q) {
   j["block_overrides"] = o;
   j["calibration"] = q.calibration;
   return j;
+}
+
+namespace {
+constexpr const char* kBlocksRegexHead = "model\\.layers\\.(";
+constexpr const char* kBlocksRegexTail = ")\\.(self_attn|mlp)\\.[a-z_]+_proj$";
+}  // namespace
+
+std::string blocks_target(const std::string& prefix, const std::vector<int>& blocks) {
+  std::string alternatives;
+  for (int b : blocks) alternatives += (alternatives.empty() ? "" : "|") + std::to_string(b);
+  return prefix + kBlocksRegexHead + alternatives + kBlocksRegexTail;
+}
+
+std::optional<std::vector<int>> parse_blocks_target(const std::string& prefix, const std::string& target) {
+  const std::string head = prefix + kBlocksRegexHead, tail = kBlocksRegexTail;
+  if (target.size() <= head.size() + tail.size() || target.compare(0, head.size(), head) != 0 ||
+      target.compare(target.size() - tail.size(), tail.size(), tail) != 0) {
+    return std::nullopt;
+  }
+  std::vector<int> blocks;
+  std::string number;
+  for (char c : target.substr(head.size(), target.size() - head.size() - tail.size()) + "|") {
+    if (c == '|') {
+      if (number.empty() || number.size() > 6) return std::nullopt;
+      blocks.push_back(std::stoi(number));
+      number.clear();
+    } else if (c >= '0' && c <= '9') {
+      number += c;
+    } else {
+      return std::nullopt;
+    }
+  }
+  return blocks;
 }
 
 }  // namespace qforge::storage

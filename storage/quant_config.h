@@ -16,7 +16,9 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "common/model_config.h"
 
@@ -33,5 +35,16 @@ bool is_sidecar_tensor(const std::string& name);
 // "compressed-tensors", `format` set), so `qforge eval` can check an exported folder.
 QuantConfig parse_quant_config(const nlohmann::json& j, const std::string& where);
 nlohmann::json quant_config_to_json(const QuantConfig& q);
+
+// Per-block bits in an engine's config name the decoder linears of a set of blocks by one regex,
+//   model\.layers\.(0|3)\.(self_attn|mlp)\.[a-z_]+_proj$
+// (linears only, so no attention module matches, fused names such as vLLM's qkv_proj do; disjoint from the
+// other entries' blocks, so no engine's precedence between entries matters), behind the format's prefix:
+// compressed-tensors config_groups targets take "re:", GPTQModel's `dynamic` keys "+:" (a positive rule).
+// The readers take back exactly this form.
+inline constexpr const char* kCtRegexPrefix = "re:";
+inline constexpr const char* kGptqDynamicPrefix = "+:";
+std::string blocks_target(const std::string& prefix, const std::vector<int>& blocks);
+std::optional<std::vector<int>> parse_blocks_target(const std::string& prefix, const std::string& target);
 
 }  // namespace qforge::storage

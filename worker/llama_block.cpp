@@ -164,6 +164,7 @@ at::Tensor block_forward(const storage::LlamaConfig& c, const BlockWeights& w, c
   const std::int64_t B = x.size(0), T = x.size(1);
   const std::int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, d = c.head_dim;
   auto aq = [&](const at::Tensor& t) { return fake_quant_act(t, act); };
+  auto aq_heads = [&](const at::Tensor& t) { return act.heads ? aq(t) : t; };
 
   auto n1 = aq(block_norm(x, w.input_norm, w.input_norm_bias, w.input_norm_inverse, c.rms_norm_eps));
   // Q and K after RoPE, and V, are quantized per (token, head) over head_dim. Both happen in the
@@ -172,13 +173,13 @@ at::Tensor block_forward(const storage::LlamaConfig& c, const BlockWeights& w, c
   const auto per_token = RopeLayout::kTokensHeads;
   // R3 (online, when the model has one) rotates each head's q and k alike after RoPE, before they are quantized.
   auto r3 = [&](const at::Tensor& t) { return w.qk_rotation.defined() ? at::matmul(t, w.qk_rotation.to(t.scalar_type())) : t; };
-  auto q = aq(r3(apply_rope(head_norm(linear(n1, w.q, w.q_bias).view({B, T, nh, d}), w.q_norm, c.rms_norm_eps), rope, 0,
+  auto q = aq_heads(r3(apply_rope(head_norm(linear(n1, w.q, w.q_bias).view({B, T, nh, d}), w.q_norm, c.rms_norm_eps), rope, 0,
                             per_token)))
                .transpose(1, 2);
-  auto k = aq(r3(apply_rope(head_norm(linear(n1, w.k, w.k_bias).view({B, T, nkv, d}), w.k_norm, c.rms_norm_eps), rope,
+  auto k = aq_heads(r3(apply_rope(head_norm(linear(n1, w.k, w.k_bias).view({B, T, nkv, d}), w.k_norm, c.rms_norm_eps), rope,
                             0, per_token)))
                .transpose(1, 2);
-  auto v = aq(linear(n1, w.v, w.v_bias).view({B, T, nkv, d})).transpose(1, 2);
+  auto v = aq_heads(linear(n1, w.v, w.v_bias).view({B, T, nkv, d})).transpose(1, 2);
   // Causal softmax(q kᵀ / √d) v, KV head j serving query heads [j*g, (j+1)*g): the fused kernel (flash
   // attention on CPU and GPU) skips the masked half and never materialises the [T, T] scores, 2-7x faster
   // than the explicit form forward and backward (same values to ~1e-6: an online softmax sums in blocks).

@@ -88,6 +88,7 @@ ActQuantSpec LlamaModel::act_quant(int i) const {
   if (config_.quant) {
     spec.bits = config_.quant->activation_bits(i);
     spec.sym = config_.quant->act_sym;
+    spec.heads = config_.quant->format.empty();  // an exported folder runs as its engines run it
   }
   return spec;
 }

@@ -38,6 +38,9 @@ struct WeightQuantSpec {
 struct ActQuantSpec {
   int bits = 16;
   bool sym = false;
+  // Q and K (after RoPE) and V per token and head too, as OmniQuant/AffineQuant evaluate; false: only the
+  // linears' inputs, which is all an engine quantizes when it runs an int-quantized (W8A8) export.
+  bool heads = true;
   bool enabled() const { return bits < 16; }
 };
 
