@@ -14,7 +14,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& path) {
   if (!fs::exists(path, ec)) throw InputError(source, "", "tokenizer file not found");
   if (fs::is_directory(path, ec)) throw InputError(source, "", "is a directory, not a tokenizer file");
   const std::string bytes = read_file(path);
-  if (bytes.empty()) throw InputError(source, "", "empty file: not a SentencePiece model or llama2.c tokenizer.bin");
+  if (bytes.empty()) throw InputError(source, "", "empty file: not a tokenizer.json, SentencePiece model or llama2.c tokenizer.bin");
   const auto first = bytes.find_first_not_of(" \t\r\n");
   if (first != std::string::npos && bytes[first] == '{') return parse_hf_json_tokenizer(bytes, source);  // JSON
 
@@ -27,7 +27,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& path) {
     if (auto sp = parse_sentencepiece_tokenizer(bytes, source)) return sp;
     if (looks_like_llama2c_tokenizer(bytes)) throw;
   }
-  throw InputError(source + ": not a SentencePiece model or llama2.c tokenizer.bin");
+  throw InputError(source + ": not a tokenizer.json, SentencePiece model or llama2.c tokenizer.bin");
 }
 
 fs::path find_model_tokenizer(const fs::path& model_dir) {
