@@ -64,7 +64,7 @@ int run_tokenize(const Args& args) {
   desc.add_options()
       ("data", po::value<std::string>()->required(), "text, WikiText raw or C4 JSON-lines file")
       ("data-format", po::value<std::string>(), "text|wikitext|c4 (default: guessed)")
-      ("tokenizer", po::value<std::string>()->required(), "tokenizer.model or tokenizer.bin")
+      ("tokenizer", po::value<std::string>()->required(), "tokenizer.model, tokenizer.bin or tokenizer.json")
       ("out", po::value<std::string>()->required(), "output token file")
       ("no-bos", po::bool_switch(), "do not prepend BOS");
   po::variables_map vm;

@@ -55,7 +55,7 @@ EvalWindows load_windows(const po::variables_map& vm, const fs::path& first_mode
     fs::path tok_path = vm.count("tokenizer") ? fs::path(vm["tokenizer"].as<std::string>()) : storage::find_model_tokenizer(first_model);
     if (tok_path.empty()) {
       throw InputError("--tokenizer", "", "missing tokenizer: " + first_model.string() +
-                                              " has no tokenizer.model or tokenizer.bin; pass --tokenizer or use a token file");
+                                              " has no tokenizer.model, tokenizer.bin or tokenizer.json; pass --tokenizer or use a token file");
     }
     tokenizer = storage::load_tokenizer(tok_path);
   }

@@ -59,7 +59,7 @@ EvalWindows load_eval_windows(const EvalDataSpec& spec, const storage::Tokenizer
   if (!fs::exists(spec.path)) throw InputError(spec.path.string(), "", "data file not found");
   if (spec.seqlen < 2) throw InputError("--seqlen", "", "must be at least 2");
   if (spec.format != storage::DataFormat::kTokens && tokenizer == nullptr) {
-    throw InputError("--tokenizer", "", "missing tokenizer: give --tokenizer, put tokenizer.model or tokenizer.bin in the "
+    throw InputError("--tokenizer", "", "missing tokenizer: give --tokenizer, put tokenizer.model, tokenizer.bin or tokenizer.json in the "
                                         "model folder, or use a pre-tokenized --data-format tokens file");
   }
   EvalWindows out;

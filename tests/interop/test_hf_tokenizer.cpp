@@ -14,6 +14,7 @@
 
 #include "common/file_util.h"
 #include "storage/safetensors.h"
+#include "storage/token_file.h"
 #include "storage/tokenizer.h"
 #include "tests/interop/interop_support.h"
 
@@ -64,6 +65,13 @@ TEST_P(HfTokenizer, IdsEqualTokenizersOnWikiText2AndC4) {
   const std::vector<std::int32_t> want = slice(wiki_ids, 0, wiki_ids.size(0));
   const std::vector<std::int32_t> got = tok->encode(read_bytes(wiki), /*add_bos=*/true);
   EXPECT_EQ(got, want) << "WikiText-2: " << first_difference(got, want);
+  // The CLI reads it as any tokenizer: `qforge tokenize` of the text writes the same ids.
+  const fs::path tok_file = dir / "wiki.tok";
+  const auto r = run_command(qforge_binary() + " tokenize --data-format text --data " + shell_quote(wiki.string()) +
+                             " --tokenizer " + shell_quote(tokenizer_json.string()) + " --out " +
+                             shell_quote(tok_file.string()) + " --log-level warn 2>&1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(storage::read_token_file(tok_file), want);
 
   const at::Tensor c4_ids = ref.load("c4"), offsets = ref.load("c4_offsets");
   std::ifstream in(docs_file);
