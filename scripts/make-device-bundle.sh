@@ -23,10 +23,10 @@
 #   lib/      the libraries (named by SONAME): Open MPI 4.1 (libmpi, open-rte, open-pal, common), PMIx 4.2,
 #             hwloc, libevent, libudev, munge, HDF5 1.10 (+ szip/aec, zlib), Boost.Program_options,
 #             libsentencepiece + qforge's libqforge_spm.so (dlopen'ed from <exe>/../lib), OpenSSL's
-#             libcrypto (qforge's SHA-256; HDF5 uses it too), and libqforge_nocurl.so, a small shim built
-#             here that replaces HDF5's libcurl: HDF5 calls curl only in its read-only-S3 driver (ros3),
-#             which qforge never opens, and the real curl chain (gnutls, krb5, ldap, ssh2...) is ~15 MiB
-#             and would not fit.
+#             libcrypto (qforge's SHA-256; HDF5 uses it too), PCRE2 and utf8proc (tokenizer.json), and
+#             libqforge_nocurl.so, a small shim built here that replaces HDF5's libcurl: HDF5 calls curl
+#             only in its read-only-S3 driver (ros3), which qforge never opens, and the real curl chain
+#             (gnutls, krb5, ldap, ssh2...) is ~15 MiB and would not fit.
 #   lib/openmpi3/  Open MPI's MCA plugins (all that need nothing beyond the libraries above: no UCX,
 #             libfabric, verbs, PSM, netlink or OpenSHMEM ones) = OPAL_PKGLIBDIR
 #   lib/pmix/ PMIx's plugins = PMIX_PKGLIBDIR
@@ -391,7 +391,7 @@ py="$QFORGE_VENV/bin/python"
 [ -x "$py" ] || { say "NOTE: self-test skipped (no venv python at $py)"; exit 0; }
 data_root="$device_root/data"
 [ -d "$data_root/models/stories260K-hf" ] || data_root="$data_src"
-say "self-test: hiding Debian's Open MPI/PMIx/hwloc/libevent/HDF5/Boost/SentencePiece/munge/curl/crypto"
+say "self-test: hiding Debian's Open MPI/PMIx/hwloc/libevent/HDF5/Boost/SentencePiece/munge/curl/crypto/utf8proc"
 selftest=$(mktemp)
 cat > "$selftest" <<'EOS'
 set -euo pipefail
@@ -409,11 +409,11 @@ hide /usr/bin/orterun /usr/bin/orted /usr/bin/ompi_info /usr/bin/mpirun.openmpi 
 for pat in 'libmpi*.so*' 'libopen-pal.so*' 'libopen-rte.so*' 'liboshmem.so*' 'libmca_common_*.so*' 'libpmix.so*' \
            'libhwloc.so*' 'libevent*.so*' 'libhdf5*.so*' 'libsz.so*' 'libaec.so*' 'libboost_program_options*.so*' \
            'libsentencepiece*.so*' 'libprotobuf*.so*' 'libmunge.so*' 'libcurl*.so*' 'libcrypto.so*' 'libssl.so*' \
-           'libudev.so*'; do
+           'libudev.so*' 'libutf8proc.so*'; do  # not libpcre2-8: grep, which this test runs, needs it
   for f in $L/$pat /lib/x86_64-linux-gnu/$pat; do [ -e "$f" ] && hide "$f"; done
 done
 echo "self-test: hid ${#hidden[@]} paths (bind-mounted empty files/folders over them), among them:"
-printf '%s\n' "${hidden[@]}" | grep -E '/openmpi$|pmix2$|hwloc$|/etc/openmpi|orterun|libmpi\.so\.40$|libopen-pal\.so\.40$|libpmix\.so\.2$|libhwloc\.so\.15$|libhdf5_serial\.so\.103$|libboost_program_options\.so\.1\.74\.0$|libsentencepiece\.so\.0$|libcurl\.so\.4$|libcrypto\.so\.3$|libevent_core-2\.1\.so\.7$|libmunge\.so\.2$|libudev\.so\.1$' | grep -v '^/lib/' | sed 's/^/  /'
+printf '%s\n' "${hidden[@]}" | grep -E '/openmpi$|pmix2$|hwloc$|/etc/openmpi|orterun|libmpi\.so\.40$|libopen-pal\.so\.40$|libpmix\.so\.2$|libhwloc\.so\.15$|libhdf5_serial\.so\.103$|libboost_program_options\.so\.1\.74\.0$|libsentencepiece\.so\.0$|libcurl\.so\.4$|libcrypto\.so\.3$|libevent_core-2\.1\.so\.7$|libmunge\.so\.2$|libudev\.so\.1$|libutf8proc\.so\.2$' | grep -v '^/lib/' | sed 's/^/  /'
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 unset LD_LIBRARY_PATH
 export QFORGE_PYTHON

@@ -479,6 +479,8 @@ TEST(Tokenizer, DetectsFormatByContentNotName) {
 TEST(Tokenizer, FindModelTokenizerPrefersSentencePiece) {
   const fs::path dir = test::make_temp_dir("tok-find");
   EXPECT_EQ(find_model_tokenizer(dir), fs::path());
+  write_file_atomic(dir / "tokenizer.json", "{}");  // LLaMA-3, Qwen: the folder holds only this one
+  EXPECT_EQ(find_model_tokenizer(dir), dir / "tokenizer.json");
   write_file_atomic(dir / "tokenizer.bin", "x");
   EXPECT_EQ(find_model_tokenizer(dir), dir / "tokenizer.bin");
   write_file_atomic(dir / "tokenizer.model", "x");
