@@ -550,7 +550,7 @@ class HfJsonTokenizer final : public Tokenizer {
     } else {
       out = merge_all(initial_symbols(word));
     }
-    if (word.size() <= kCachedWordBytes) cache_.emplace(word, out);
+    if (word.size() <= kCachedWordBytes && cache_.size() < kCachedWords) cache_.emplace(word, out);
     ids.insert(ids.end(), out.begin(), out.end());
   }
 
@@ -690,6 +690,7 @@ class HfJsonTokenizer final : public Tokenizer {
   };
   std::unordered_map<std::uint64_t, Merge> merges_;  // by pair_key(left id, right id)
   static constexpr std::size_t kCachedWordBytes = 256;  // longer words (whole SentencePiece segments) are not cached
+  static constexpr std::size_t kCachedWords = 1 << 16;   // bounded memory for any corpus (tokenizers: 10,000)
   std::vector<Added> added_;
   std::vector<Step> normalizer_, pre_;
   std::vector<json> decoder_;
