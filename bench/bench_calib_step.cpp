@@ -8,7 +8,10 @@
 // attention) against a GEMM of the block's largest shape measured in the same run on the same device
 // and in the same precision, and the projected seconds per block for the paper recipe (128 x 2048
 // tokens, 20 epochs). The last line is the same as one JSON object (for scripts/device-check.sh).
-// --profile: one extra step under LibTorch's profiler, written as a chrome://tracing file (every op).
+// Also: the peak GPU memory of a step (LibTorch's allocator, tensors only), and the step's rate against a
+// bf16 GEMM measured here too (the GPU issue's goal: >= 50% of it; 8192^3 on a GPU, the block's shape on a
+// CPU). --profile: one extra step under LibTorch's Kineto profiler: the GPU kernels and copies by device
+// time (the host<->device share apart) or the CPU ops, printed and in the JSON, and the chrome://tracing file.
 #include <ATen/ATen.h>
 
 #include <chrono>
@@ -16,16 +19,35 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include <torch/csrc/autograd/profiler_legacy.h>
-
 #include "bench/bench_common.h"
+#include "bench/op_profile.h"
 #include "common/host_memory.h"
 #include "worker/threads.h"
 #include "worker/calibrator.h"
+#include "worker/device_memory.h"
 #include "worker/llama_model.h"
 #include "worker/precision.h"
 
 using namespace qforge;
+
+namespace {
+
+// FLOP/s of a bf16 GEMM on `device`: 8192^3 on a GPU (the anchor the GPU issue measures against), the
+// block's [T, H] x [H, I] on a CPU (where 8192^3 would take minutes).
+double bf16_gemm_rate(const at::Device& device, std::int64_t t, std::int64_t h, std::int64_t i) {
+  if (device.is_cuda()) t = h = i = 8192;
+  const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(device);
+  const at::Tensor a = at::randn({t, h}, opts), b = at::randn({h, i}, opts);
+  at::matmul(a, b).sum().item<double>();  // warm-up
+  const int reps = device.is_cuda() ? 10 : 2;
+  const auto t0 = std::chrono::steady_clock::now();
+  at::Tensor acc = at::zeros({}, opts.dtype(at::kFloat));
+  for (int r = 0; r < reps; ++r) acc = acc + at::matmul(a, b)[0][0];
+  acc.item<double>();
+  return 2.0 * t * h * i * reps / bench::seconds_since(t0);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   qforge::keep_freed_host_memory();  // as qforge itself runs
@@ -80,14 +102,13 @@ int main(int argc, char** argv) {
   trainer.begin_epoch(10);
   trainer.step(x, y, {}, "bench");  // warm-up
 
+  worker::reset_device_peak(device);
   auto t0 = std::chrono::steady_clock::now();
   for (std::int64_t s = 0; s < steps; ++s) trainer.step(x, y, {}, "bench");
   const double step_s = bench::seconds_since(t0) / static_cast<double>(steps);
-  if (!profile.empty()) {
-    // One more step under LibTorch's profiler (chrome://tracing JSON): every ATen op with its time.
-    torch::autograd::profiler::RecordProfile record(profile);
-    trainer.step(x, y, {}, "bench");
-  }
+  const double peak_mib = bench::mib(worker::device_peak_allocated_bytes(device));
+  bench::OpProfile ops;
+  if (!profile.empty()) ops = bench::profile_ops([&] { trainer.step(x, y, {}, "bench"); }, device.is_cuda(), profile);
 
   // Reference rate: a GEMM of the block's largest shape, [T, H] x [H, I], in the same process, on the
   // same device and in the step's precision (bf16 under autocast, TF32 when allowed). Each step ends
@@ -104,6 +125,7 @@ int main(int argc, char** argv) {
     acc.item<double>();
     gemm_flops = 2.0 * seqlen * c.hidden_size * c.intermediate_size * reps / bench::seconds_since(t0);
   }
+  const double bf16_flops = bf16_gemm_rate(device, seqlen, c.hidden_size, c.intermediate_size);
 
   const double params = static_cast<double>(c.block_parameters());
   const double attn = 4.0 * seqlen * seqlen * c.q_dim();  // QK^T and PV, forward
@@ -119,11 +141,18 @@ int main(int argc, char** argv) {
               precision_name.c_str(), gemm_flops / 1e9);
   std::printf("projected per block for 128 x 2048 tokens x 20 epochs (at this seqlen's rate): %.0f s (%.1f h); "
               "x32 blocks = %.1f h\n", paper_steps * step_s, paper_steps * step_s / 3600, 32 * paper_steps * step_s / 3600);
+  std::printf("against the bf16 GEMM measured here (%.1f GFLOP/s): %.1f%%; peak device memory of a step %.0f MiB\n",
+              bf16_flops / 1e9, 100.0 * step_flops / step_s / bf16_flops, peak_mib);
+  if (!profile.empty()) bench::print_op_profile(ops, 15, step_s * 1e3);
   const nlohmann::json figures = {{"shape", shape}, {"device", device.str()}, {"compute_dtype", precision_name},
                                   {"seqlen", seqlen}, {"steps", steps}, {"ms_per_step", step_s * 1e3},
                                   {"tokens_per_s", seqlen / step_s}, {"step_gflops", step_flops / step_s / 1e9},
                                   {"gemm_gflops", gemm_flops / 1e9}, {"fraction_of_gemm", step_flops / step_s / gemm_flops},
-                                  {"paper_block_s", paper_steps * step_s}};
-  std::printf("%s\n", figures.dump().c_str());
+                                  {"paper_block_s", paper_steps * step_s}, {"bf16_gemm_gflops", bf16_flops / 1e9},
+                                  {"fraction_of_bf16_gemm", step_flops / step_s / bf16_flops},
+                                  {"peak_device_mib", peak_mib}};
+  nlohmann::json out = figures;
+  if (!profile.empty()) out["profile"] = ops.to_json(12);
+  std::printf("%s\n", out.dump().c_str());
   return 0;
 }

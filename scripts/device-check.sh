@@ -25,7 +25,9 @@
 #
 # Steps: env (machine, glibc/GLIBCXX against what the bundle needs, nvidia-smi, python3's torch, ldd of every
 # bundled binary: any "not found" fails it), gpu_tests (the bundled gpu tier, skipped when not built),
-# bench_7b / bench_70b (bench_calib_step), stories_1rank / ref6m_1rank (AffineQuant W4A4 quantize + eval
+# bench_7b / bench_70b (bench_calib_step: ms/step, % of the same-shape and of a bf16 8192^3 GEMM, peak GPU
+# memory; the 7B steps also profiled: GPU kernels and host<->device copies by device time, trace in the logs),
+# stories_1rank / ref6m_1rank (AffineQuant W4A4 quantize + eval
 # against the FP model, timed), stories_2rank (the stories job under `mpirun -np 2` on the one GPU, NCCL over
 # sockets on lo with a distinct NCCL_HOSTID per rank, NCCL_DEBUG=INFO, compared with stories_1rank),
 # bench_7b_bf16 and fake_quant_7b (fused kernels against the unfused ops; if time is left). The binaries
@@ -287,19 +289,27 @@ step_unit_tests() {
 export -f link_compiled_paths step_gpu_tests step_unit_tests
 
 # ---------------------------------------------------------------- c. calibration-step benchmarks
-bench() {  # shape dtype
-  local b="$bundle/bin/bench_calib_step"
+bench() {  # shape dtype [extra bench_calib_step arguments]
+  local b="$bundle/bin/bench_calib_step" shape=$1 dtype=$2
+  shift 2
   [ -x "$b" ] || { fig "bench_calib_step not in the bundle"; return 77; }
-  echo "+ bench_calib_step --shape $1 --compute-dtype $2 --device $device $BENCH_ARGS"
+  echo "+ bench_calib_step --shape $shape --compute-dtype $dtype --device $device $BENCH_ARGS $*"
   # shellcheck disable=SC2086
-  "$b" --shape "$1" --compute-dtype "$2" --device "$device" $BENCH_ARGS
+  "$b" --shape "$shape" --compute-dtype "$dtype" --device "$device" $BENCH_ARGS "$@"
   local rc=$? j
   j=$(json_last "$logs/$cur.log")
   if [ -n "$j" ]; then
     figjson bench "$j"
     fig "$(echo "$j" | "$jpy" -c 'import json,sys; d=json.load(sys.stdin)
-print("%s on %s %s: %.1f ms/step, %.0f tok/s, %.1f%% of GEMM (%.0f GFLOP/s), paper block %.0f s" % (d.get("shape"), d.get("device","?"),
-  d.get("compute_dtype","?"), d["ms_per_step"], d["tokens_per_s"], 100*d["fraction_of_gemm"], d["gemm_gflops"], d["paper_block_s"]))' 2>/dev/null)"
+line = "%s on %s %s: %.1f ms/step, %.0f tok/s, %.1f%% of GEMM (%.0f GFLOP/s), paper block %.0f s" % (d.get("shape"), d.get("device","?"),
+  d.get("compute_dtype","?"), d["ms_per_step"], d["tokens_per_s"], 100*d["fraction_of_gemm"], d["gemm_gflops"], d["paper_block_s"])
+if "fraction_of_bf16_gemm" in d:
+  line += "; %.1f%% of bf16 GEMM (%.0f GFLOP/s); peak %.0f MiB" % (100*d["fraction_of_bf16_gemm"], d["bf16_gemm_gflops"], d["peak_device_mib"])
+p = d.get("profile")
+if p:
+  line += "; profiled: busy %.1f ms, H2D %.2f ms, D2H %.2f ms, top: %s" % (p["busy_ms"], p["h2d_ms"], p["d2h_ms"],
+    ", ".join("%s %.1f ms" % (r["name"][:40], r["ms"]) for r in p["top"][:3]))
+print(line)' 2>/dev/null)"
     if [ "$device" = cuda ] && ! echo "$j" | grep -q '"device":"cuda'; then fig "NOT on the GPU (this bench_calib_step ignores --device?)"; rc=1; fi
   else  # an older bench_calib_step prints no JSON line (nor knows --device/--compute-dtype)
     fig "no JSON line (older bench_calib_step?): $(grep -m1 -oE 'calibration step: [0-9.]+ ms/step.*' "$logs/$cur.log" | cut -c1-120)"
@@ -307,9 +317,9 @@ print("%s on %s %s: %.1f ms/step, %.0f tok/s, %.1f%% of GEMM (%.0f GFLOP/s), pap
   fi
   return $rc
 }
-step_bench_7b() { bench "$BENCH_SHAPE_7B" fp32; }
+step_bench_7b() { bench "$BENCH_SHAPE_7B" fp32 --profile "$logs/bench_7b-trace.json"; }
 step_bench_70b() { bench "$BENCH_SHAPE_70B" fp32; }
-step_bench_7b_bf16() { bench "$BENCH_SHAPE_7B" bf16; }
+step_bench_7b_bf16() { bench "$BENCH_SHAPE_7B" bf16 --profile "$logs/bench_7b_bf16-trace.json"; }
 export -f bench step_bench_7b step_bench_70b step_bench_7b_bf16
 
 # The fused fake-quant kernels against LibTorch's unfused ops on the 7B shapes (what fusion buys here;
@@ -409,12 +419,12 @@ fi
 run_step env 45 step_env
 run_step gpu_tests 130 step_gpu_tests
 if [ -n "$unit_filter" ]; then export UNIT_FILTER="$unit_filter"; run_step unit_tests 90 step_unit_tests; fi
-run_step bench_7b 50 step_bench_7b
+run_step bench_7b 60 step_bench_7b
 run_step bench_70b 70 step_bench_70b
 run_step stories_1rank 60 step_stories_1rank
 run_step stories_2rank 75 step_stories_2rank
 run_step ref6m_1rank 70 step_ref6m_1rank
-run_step bench_7b_bf16 40 step_bench_7b_bf16
+run_step bench_7b_bf16 50 step_bench_7b_bf16
 run_step fake_quant_7b 30 step_fake_quant_7b
 
 if [ -n "$mon_pid" ]; then
