@@ -1,13 +1,14 @@
 // Calibration-step benchmark: one optimiser step of block reconstruction (transform + fake-quantize
 // weights, quantized forward, MSE, backward, AdamW) on a synthetic LLaMA block of real shape.
 //
-//   bench_calib_step [--shape 7b|70b|small] [--seqlen T] [--steps K] [--method affinequant|omniquant]
+//   bench_calib_step [--shape 7b|70b|405b|small] [--seqlen T] [--steps K] [--method affinequant|omniquant]
 //                    [--wbits 4] [--abits 4] [--threads N] [--device cpu|cuda|cuda:N|auto]
 //                    [--compute-dtype fp32|bf16|tf32] [--profile TRACE.json]
 // Prints ms per step, tokens/s, achieved GFLOP/s (6 x block params x tokens for the linears, plus
 // attention) against a GEMM of the block's largest shape measured in the same run on the same device
 // and in the same precision, and the projected seconds per block for the paper recipe (128 x 2048
-// tokens, 20 epochs). The last line is the same as one JSON object (for scripts/device-check.sh).
+// tokens, 20 epochs) and for the model of that shape (7b: 32 blocks, 70b: 80, 405b: 126). The last line
+// is the same as one JSON object (for scripts/device-check.sh).
 // Also: the peak GPU memory of a step (LibTorch's allocator, tensors only), and the step's rate against a
 // bf16 GEMM measured here too (the GPU issue's goal: >= 50% of it; 8192^3 on a GPU, the block's shape on a
 // CPU). --profile: one extra step under LibTorch's Kineto profiler: the GPU kernels and copies by device
@@ -72,6 +73,7 @@ int main(int argc, char** argv) {
                       {"num_attention_heads", 32}, {"num_key_value_heads", 32}, {"vocab_size", 32000},
                       {"max_position_embeddings", 4096}};
   if (shape == "70b") j.update({{"hidden_size", 8192}, {"intermediate_size", 28672}, {"num_attention_heads", 64}, {"num_key_value_heads", 8}});
+  if (shape == "405b") j.update({{"hidden_size", 16384}, {"intermediate_size", 53248}, {"num_attention_heads", 128}, {"num_key_value_heads", 8}});
   if (shape == "small") j.update({{"hidden_size", 256}, {"intermediate_size", 768}, {"num_attention_heads", 8}, {"num_key_value_heads", 4}});
   auto c = storage::parse_llama_config(j, "bench");
 
@@ -139,8 +141,11 @@ int main(int argc, char** argv) {
   std::printf("calibration step: %.1f ms/step, %.0f tokens/s, %.1f GFLOP/s = %.1f%% of the %s GEMM rate measured here (%.1f GFLOP/s)\n",
               step_s * 1e3, seqlen / step_s, step_flops / step_s / 1e9, 100.0 * step_flops / step_s / gemm_flops,
               precision_name.c_str(), gemm_flops / 1e9);
+  // The model this block shape belongs to: LLaMA-2-7B 32 blocks, LLaMA-2/3-70B 80, LLaMA-3.1-405B 126.
+  const int model_blocks = shape == "70b" ? 80 : shape == "405b" ? 126 : 32;
+  const double model_h = model_blocks * paper_steps * step_s / 3600;
   std::printf("projected per block for 128 x 2048 tokens x 20 epochs (at this seqlen's rate): %.0f s (%.1f h); "
-              "x32 blocks = %.1f h\n", paper_steps * step_s, paper_steps * step_s / 3600, 32 * paper_steps * step_s / 3600);
+              "x%d blocks = %.1f h on one device\n", paper_steps * step_s, paper_steps * step_s / 3600, model_blocks, model_h);
   std::printf("against the bf16 GEMM measured here (%.1f GFLOP/s): %.1f%%; peak device memory of a step %.0f MiB\n",
               bf16_flops / 1e9, 100.0 * step_flops / step_s / bf16_flops, peak_mib);
   if (!profile.empty()) bench::print_op_profile(ops, 15, step_s * 1e3);
@@ -148,7 +153,8 @@ int main(int argc, char** argv) {
                                   {"seqlen", seqlen}, {"steps", steps}, {"ms_per_step", step_s * 1e3},
                                   {"tokens_per_s", seqlen / step_s}, {"step_gflops", step_flops / step_s / 1e9},
                                   {"gemm_gflops", gemm_flops / 1e9}, {"fraction_of_gemm", step_flops / step_s / gemm_flops},
-                                  {"paper_block_s", paper_steps * step_s}, {"bf16_gemm_gflops", bf16_flops / 1e9},
+                                  {"paper_block_s", paper_steps * step_s}, {"model_blocks", model_blocks}, {"paper_model_h", model_h},
+                                  {"bf16_gemm_gflops", bf16_flops / 1e9},
                                   {"fraction_of_bf16_gemm", step_flops / step_s / bf16_flops},
                                   {"peak_device_mib", peak_mib}};
   nlohmann::json out = figures;

@@ -303,6 +303,8 @@ bench() {  # shape dtype [extra bench_calib_step arguments]
     fig "$(echo "$j" | "$jpy" -c 'import json,sys; d=json.load(sys.stdin)
 line = "%s on %s %s: %.1f ms/step, %.0f tok/s, %.1f%% of GEMM (%.0f GFLOP/s), paper block %.0f s" % (d.get("shape"), d.get("device","?"),
   d.get("compute_dtype","?"), d["ms_per_step"], d["tokens_per_s"], 100*d["fraction_of_gemm"], d["gemm_gflops"], d["paper_block_s"])
+if "paper_model_h" in d:
+  line += " (model of %d blocks %.2f h)" % (d["model_blocks"], d["paper_model_h"])
 if "fraction_of_bf16_gemm" in d:
   line += "; %.1f%% of bf16 GEMM (%.0f GFLOP/s); peak %.0f MiB" % (100*d["fraction_of_bf16_gemm"], d["bf16_gemm_gflops"], d["peak_device_mib"])
 p = d.get("profile")
