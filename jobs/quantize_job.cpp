@@ -492,8 +492,9 @@ void log_job_start(const QuantizeSpec& s, const worker::EngineSettings& es, int 
   QF_LOG(Info) << "quantize " << s.model.string() << " -> " << s.out.string() << ": " << describe(s) << "; recipe "
                << s.recipe.describe();
   if (s.recipe.let && s.model_config.qk_norm) {
-    QF_LOG(Info) << s.model_config.model_type << ": no q/k transform (the per-head q/k norms between q_proj/k_proj and "
-                 << "RoPE break its equivalence); the other transforms are learned as usual";
+    QF_LOG(Info) << s.model_config.model_type << ": the q/k transform is one per-pair scale shared by all heads, folded "
+                 << "into q_norm/k_norm (the per-head q/k norms between q_proj/k_proj and RoPE break the rest of its "
+                 << "equivalence); the other transforms are learned as usual";
   }
   const LauncherInfo launcher = detect_launcher();
   QF_LOG(Info) << "job " << es.job.root().string() << ": " << ranks << " rank" << (ranks > 1 ? "s" : "") << " ("

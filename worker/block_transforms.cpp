@@ -134,9 +134,12 @@ BlockTransforms::BlockTransforms(const storage::LlamaConfig& c, const BlockWeigh
     at::Tensor wo = std::get<0>(fp.o.to(at::kFloat).abs().max(0));  // [q_dim]
     at::Tensor svo = smooth_scale(per_kv_group(stats.o, kv, group, d), per_kv_group(wo, kv, group, d), o.alpha);
     vo_ = affine ? at::diag_embed(svo).to(mdtype) : svo;
-    // A per-head q/k norm (Qwen3) sits between q_proj/k_proj and RoPE: a transform folded into those
-    // weights would no longer cancel in q·kᵀ, so there is none.
+    // A per-head q/k norm (Qwen3) sits between q_proj/k_proj and RoPE, with one weight over head_dim shared
+    // by every head: a transform folded into q_proj/k_proj would no longer cancel in q·kᵀ, and a rotation
+    // does not fold into a diagonal weight. What survives is a per-pair scale shared by all heads, folded
+    // into the norms (k_norm·s, q_norm/s), in every mode.
     if (c.qk_norm) {
+      qk_a_ = at::ones({1, d / 2}, at::kFloat);
     } else if (o.deployable) {
       qk_a_ = at::ones({kv, d / 2}, at::kFloat);
       if (affine) qk_b_ = at::zeros({kv, d / 2}, at::kFloat);
@@ -350,7 +353,11 @@ BlockWeights BlockTransforms::transformed(const BlockWeights& fp) const {
       w.q = fq(rows_q(w.q)).reshape({kv * group * d, H});
       if (w.q_bias.defined()) w.q_bias = fq(rows_q(w.q_bias.unsqueeze(-1))).reshape({kv * group * d});
     };
-    if (qk_a_.defined()) {
+    if (qk_a_.defined() && config_.qk_norm) {
+      const at::Tensor s = at::cat({qk_a_[0], qk_a_[0]}).to(wt);  // [d]: pair (i, i + d/2) shares a_i
+      w.k_norm = w.k_norm * s;
+      w.q_norm = w.q_norm / s;
+    } else if (qk_a_.defined()) {
       // Pair (i, i + d/2) as a complex number times c = a + ib: k-rows get c, q-rows get c / |c|².
       at::Tensor a = qk_a_.to(wt).unsqueeze(-1);
       at::Tensor b = qk_b_.defined() ? qk_b_.to(wt).unsqueeze(-1) : at::zeros_like(a);
@@ -362,7 +369,7 @@ BlockWeights BlockTransforms::transformed(const BlockWeights& fp) const {
       apply_kq([&](const at::Tensor& r) { return rot(r, a, b, at::ones_like(n2)); },
                [&](const at::Tensor& r) { return rot(r, a.unsqueeze(1), b.unsqueeze(1), n2.unsqueeze(1)); });
     } else if (!qk_.defined()) {
-      // no q/k transform (a model with q/k norms)
+      // no q/k transform (no LET)
     } else if (qk_.dim() == 2) {
       at::Tensor s = qk_.to(wt).unsqueeze(-1);  // [kv, d, 1]
       apply_kq([&](const at::Tensor& r) { return r * s; }, [&](const at::Tensor& r) { return r / s.unsqueeze(1); });

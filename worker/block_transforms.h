@@ -14,6 +14,8 @@
 //     leave q·k unchanged at every position. OmniQuant uses b = 0 (a per-pair scale).
 //   faithful: a d×d matrix (AffineQuant) or per-channel scale (OmniQuant) folded before RoPE, as the
 //     reference does (W_q ← A⁻ᵀW_q, W_k ← A·W_k); not an equivalence under RoPE, but trained through.
+//   with per-head q/k norms (Qwen3), in either mode: one per-pair scale s shared by all heads, folded into
+//     the norms' weights (k_norm·s, q_norm/s), the part of the transform that commutes with them and RoPE.
 // AffineQuant matrices are used through a gradual band mask (|i−j| ≤ w_e, off-diagonals × sf) rebuilt
 // each epoch; inverses are recomputed at every step inside autograd.
 #pragma once
@@ -107,7 +109,7 @@ class BlockTransforms {
   at::Tensor d_qkv_, d_fc1_;          // [H] shifts
   at::Tensor vo_;                     // [kv, d] diagonal (OmniQuant) or [kv, d, d] matrices (AffineQuant)
   at::Tensor d_vo_;                   // [kv*d]
-  at::Tensor qk_a_, qk_b_;            // deployable: [kv, d/2] pair transforms
+  at::Tensor qk_a_, qk_b_;            // deployable: [kv, d/2] pair transforms ([1, d/2] scales with q/k norms)
   at::Tensor qk_;                     // faithful: [kv, d] scales or [kv, d, d] matrices
   at::Tensor head_mask_, ln_mask_;    // current epoch's masks
   std::vector<ClipParams> clips_;     // per linear

@@ -1,5 +1,5 @@
 // Equivalent transformations: every fold is an exact equivalence in fp64 before quantization (MHA and
-// GQA, RoPE-commuting q/k at every position of a 16-token window), the AffineQuant mask schedule, band
+// GQA, RoPE-commuting q/k at every position of a 16-token window, Qwen3's q/k scale in its norms), the AffineQuant mask schedule, band
 // gradients, diagonal-dominance restoration, and that calibration lowers the block loss.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -45,9 +45,10 @@ void perturb(BlockTransforms& t, bool keep_faithful_qk) {
   }
 }
 
-double max_output_diff(bool gqa, Method method, bool faithful) {
+double max_output_diff(bool gqa, Method method, bool faithful, bool qk_norm = false) {
   at::manual_seed(gqa ? 1 : 2);
   auto c = small_config(4, gqa ? 2 : 4);
+  c.qk_norm = qk_norm;
   BlockWeights fp = random_block(c, at::kDouble);
   at::Tensor x = at::randn({2, 16, c.hidden_size}, at::kDouble);
   RopeTables rope = double_rope(c, 16);
@@ -83,6 +84,36 @@ TEST(TransformFold, FaithfulShiftsAndLnMatricesAreExact) {
   EXPECT_LT(max_output_diff(false, Method::kAffineQuant, true), 1e-9);
   EXPECT_LT(max_output_diff(true, Method::kAffineQuant, true), 1e-9);
   EXPECT_LT(max_output_diff(true, Method::kOmniQuant, true), 1e-9);
+}
+
+TEST(TransformFold, Qwen3QkScaleFoldsIntoTheQkNormsExactly) {
+  // Per-head q/k norms (Qwen3): the q/k transform is a per-pair scale folded into q_norm/k_norm, in both
+  // modes and for both methods, with every other transform as usual.
+  for (const Method m : {Method::kAffineQuant, Method::kOmniQuant}) {
+    EXPECT_LT(max_output_diff(true, m, false, /*qk_norm=*/true), 1e-9);
+    EXPECT_LT(max_output_diff(true, m, true, /*qk_norm=*/true), 1e-9);
+  }
+  at::manual_seed(4);
+  auto c = small_config(4, 2);
+  c.qk_norm = true;
+  const BlockWeights fp = random_block(c, at::kDouble);
+  const at::Tensor x = at::randn({1, 8, c.hidden_size}, at::kDouble);
+  TransformOptions o;
+  o.method = Method::kAffineQuant;
+  o.let = true;
+  BlockTransforms t(c, fp, stats_for(c, fp, x, double_rope(c, 8)), o, {});
+  std::vector<std::int64_t> qk_shape;
+  for (auto& [name, p] : t.named_let_parameters()) {
+    if (name == "qk.a") qk_shape = p.sizes().vec();
+    EXPECT_NE(name, "qk.b");  // no rotation part
+  }
+  EXPECT_EQ(qk_shape, (std::vector<std::int64_t>{1, c.head_dim / 2}));
+  perturb(t, false);
+  at::NoGradGuard no_grad;
+  const BlockWeights folded = t.transformed(fp);
+  EXPECT_FALSE(at::allclose(folded.k_norm, fp.k_norm));
+  // k_norm·s and q_norm/s: their product is unchanged, channel by channel.
+  EXPECT_TRUE(at::allclose(folded.k_norm * folded.q_norm, fp.k_norm * fp.q_norm, 1e-12, 1e-12));
 }
 
 TEST(TransformFold, FaithfulQkBeforeRopeIsNotAnEquivalence) {
