@@ -306,7 +306,10 @@ std::optional<partition::Plan> agreed_preflight(const QuantizeSpec& s, int ranks
   int ok = plan ? 1 : 0, all_ok = 0;
   QF_MPI_CHECK(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
   if (error) std::rethrow_exception(error);
-  if (!all_ok) plan.reset();
+  if (!all_ok) {
+    QF_LOG(Error) << "stopping: the preflight failed on another rank (its reason is in that rank's output)";
+    plan.reset();
+  }
   return plan;
 }
 
