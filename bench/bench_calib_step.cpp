@@ -149,7 +149,7 @@ int main(int argc, char** argv) {
   std::printf("against the bf16 GEMM measured here (%.1f GFLOP/s): %.1f%%; peak device memory of a step %.0f MiB\n",
               bf16_flops / 1e9, 100.0 * step_flops / step_s / bf16_flops, peak_mib);
   if (!profile.empty()) bench::print_op_profile(ops, 15, step_s * 1e3);
-  const nlohmann::json figures = {{"shape", shape}, {"device", device.str()}, {"compute_dtype", precision_name},
+  nlohmann::json figures = {{"shape", shape}, {"device", device.str()}, {"compute_dtype", precision_name},
                                   {"seqlen", seqlen}, {"steps", steps}, {"ms_per_step", step_s * 1e3},
                                   {"tokens_per_s", seqlen / step_s}, {"step_gflops", step_flops / step_s / 1e9},
                                   {"gemm_gflops", gemm_flops / 1e9}, {"fraction_of_gemm", step_flops / step_s / gemm_flops},
@@ -157,8 +157,7 @@ int main(int argc, char** argv) {
                                   {"bf16_gemm_gflops", bf16_flops / 1e9},
                                   {"fraction_of_bf16_gemm", step_flops / step_s / bf16_flops},
                                   {"peak_device_mib", peak_mib}};
-  nlohmann::json out = figures;
-  if (!profile.empty()) out["profile"] = ops.to_json(12);
-  std::printf("%s\n", out.dump().c_str());
+  if (!profile.empty()) figures["profile"] = ops.to_json(12);
+  std::printf("%s\n", figures.dump().c_str());
   return 0;
 }

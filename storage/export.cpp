@@ -248,21 +248,22 @@ ExportResult export_checkpoint(const ExportOptions& o) {
       std::map<std::string, at::Tensor> tensors;
     };
     auto cache = std::make_shared<Cache>();
-    const std::int64_t gs = q.group_size;
-    const bool sym = q.sym;
-    auto packed = [cache, side, q, gs, sym, gptq, int_quantized, v2](const std::string& linear) -> std::map<std::string, at::Tensor>& {
+    // One copy of the scheme, shared by every tensor's producer.
+    const auto quant = std::make_shared<const QuantConfig>(q);
+    const auto bits_of = [quant](const std::string& linear) { return quant->weight_bits(block_of(linear)); };
+    auto packed = [cache, side, quant, bits_of, gptq, int_quantized, v2](const std::string& linear) -> std::map<std::string, at::Tensor>& {
       if (cache->linear == linear) return cache->tensors;
-      const int bits = q.weight_bits(block_of(linear));
+      const int bits = bits_of(linear);
       QuantizedLinearData d{side->load(linear + ".codes"), side->load(linear + ".scales"), side->load(linear + ".zeros")};
       std::map<std::string, at::Tensor> t;
       if (gptq) {
-        GptqTensors g = pack_gptq(d, bits, gs, v2, linear);
+        GptqTensors g = pack_gptq(d, bits, quant->group_size, v2, linear);
         t = {{"qweight", g.qweight}, {"qzeros", g.qzeros}, {"scales", g.scales}, {"g_idx", g.g_idx}};
       } else if (int_quantized) {
         auto [w, s] = pack_int8_channel(d, linear);
         t = {{"weight", w}, {"weight_scale", s}};
       } else {
-        CompressedTensorsPacked c = pack_compressed_tensors(d, bits, sym, linear);
+        CompressedTensorsPacked c = pack_compressed_tensors(d, bits, quant->sym, linear);
         t = {{"weight_packed", c.weight_packed}, {"weight_scale", c.weight_scale}, {"weight_shape", c.weight_shape}};
         if (c.weight_zero_point.defined()) t["weight_zero_point"] = c.weight_zero_point;
       }
@@ -281,8 +282,7 @@ ExportResult export_checkpoint(const ExportOptions& o) {
       const auto& codes = side->info(linear + ".codes");
       const PackedFormat pf = gptq ? PackedFormat::kGptq : int_quantized ? PackedFormat::kInt8Channel : PackedFormat::kPackQuantized;
       for (const auto& t : packed_layout(pf, codes.shape[0], codes.shape[1], side->info(linear + ".scales").shape[1],
-                                         q.weight_bits(block_of(linear)), gs,
-                                         sym, linear)) {
+                                         bits_of(linear), q.group_size, q.sym, linear)) {
         specs.push_back({linear + "." + t.suffix, from_scalar_type(t.dtype), t.shape});
         producers[linear + "." + t.suffix] = [packed, linear, suffix = t.suffix] { return packed(linear).at(suffix); };
       }

@@ -1,5 +1,7 @@
 #include "storage/quant_config.h"
 
+#include <algorithm>
+
 #include "common/error.h"
 #include "common/strings.h"
 
@@ -90,10 +92,29 @@ QuantConfig parse_ct_group(const json& g, const std::string& where) {
   return q;
 }
 
+// One of several compressed-tensors config groups: its scheme and the blocks its one target names
+// (blocks_target), none for "Linear".
+struct CtGroup {
+  QuantConfig scheme;
+  std::optional<std::vector<int>> blocks;
+};
+CtGroup parse_ct_targeted_group(const std::string& name, const json& g, const std::string& where) {
+  const std::string field = "quantization_config.config_groups." + name + ".targets";
+  if (!g.contains("targets") || !g["targets"].is_array() || g["targets"].size() != 1 || !g["targets"][0].is_string()) {
+    throw InputError(where, field, "one target is read");
+  }
+  const std::string target = g["targets"][0].get<std::string>();
+  CtGroup group{parse_ct_group(g, where), std::nullopt};
+  if (target != "Linear") {
+    group.blocks = parse_blocks_target(kCtRegexPrefix, target);
+    if (!group.blocks) throw InputError(where, field, "'" + target + "' is not Linear or qforge's per-block form");
+  }
+  return group;
+}
+
 // compressed-tensors (§3b): one group (its targets taken as every linear), or (per-block bits, as qforge
-// exports them) groups each targeting Linear or naming its blocks (blocks_target); the group over
-// most blocks (or Linear) is the base scheme and the others become block overrides. Groups may differ in
-// bits only.
+// exports them) groups each targeting Linear or naming its blocks; the group over most blocks (or Linear)
+// is the base scheme and the others become block overrides. Groups may differ in bits only.
 QuantConfig parse_compressed_tensors(const json& j, const std::string& where) {
   const std::string format = j.value("format", std::string());
   if (format != "pack-quantized" && format != "int-quantized") {
@@ -102,34 +123,17 @@ QuantConfig parse_compressed_tensors(const json& j, const std::string& where) {
   if (!j.contains("config_groups") || !j["config_groups"].is_object() || j["config_groups"].empty()) {
     throw InputError(where, "quantization_config.config_groups", "missing or empty");
   }
-  struct Group {
-    QuantConfig scheme;
-    std::optional<std::vector<int>> blocks;  // none: every Linear
-  };
-  std::vector<Group> groups;
-  const bool one_group = j["config_groups"].size() == 1;  // its targets are read as every quantized linear
-  for (const auto& [name, g] : j["config_groups"].items()) {
-    if (one_group) {
-      groups.push_back({parse_ct_group(g, where), std::nullopt});
-      break;
-    }
-    const std::string field = "quantization_config.config_groups." + name + ".targets";
-    if (!g.contains("targets") || !g["targets"].is_array() || g["targets"].size() != 1 || !g["targets"][0].is_string()) {
-      throw InputError(where, field, "one target is read");
-    }
-    const std::string target = g["targets"][0].get<std::string>();
-    Group group{parse_ct_group(g, where), std::nullopt};
-    if (target != "Linear") {
-      group.blocks = parse_blocks_target(kCtRegexPrefix, target);
-      if (!group.blocks) throw InputError(where, field, "'" + target + "' is not Linear or qforge's per-block form");
-    }
-    groups.push_back(std::move(group));
+  const json& config_groups = j["config_groups"];
+  std::vector<CtGroup> groups;
+  if (config_groups.size() == 1) {
+    groups.push_back({parse_ct_group(config_groups.begin().value(), where), std::nullopt});
+  } else {
+    for (const auto& [name, g] : config_groups.items()) groups.push_back(parse_ct_targeted_group(name, g, where));
   }
-  std::size_t base = 0;
-  for (std::size_t i = 0; i < groups.size(); ++i) {
-    const auto size = [&](std::size_t k) { return groups[k].blocks ? groups[k].blocks->size() : SIZE_MAX; };
-    if (size(i) > size(base)) base = i;
-  }
+  const auto covers = [](const CtGroup& g) { return g.blocks ? g.blocks->size() : SIZE_MAX; };
+  const std::size_t base = static_cast<std::size_t>(
+      std::max_element(groups.begin(), groups.end(), [&](const CtGroup& a, const CtGroup& b) { return covers(a) < covers(b); }) -
+      groups.begin());
   QuantConfig q = groups[base].scheme;
   q.method = "compressed-tensors";
   q.sidecar.clear();

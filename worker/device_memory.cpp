@@ -6,29 +6,14 @@
 
 namespace qforge::worker {
 
-namespace {
-
-#ifdef QFORGE_WITH_CUDA
-// Bytes allocated to tensors, aggregated over the small- and large-block pools.
-c10::CachingAllocator::Stat allocated(const c10::Device& device) {
-  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
-  return stats.allocated_bytes[static_cast<std::size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
-}
-#endif
-
-}  // namespace
-
-std::uint64_t device_allocated_bytes(const c10::Device& device) {
-#ifdef QFORGE_WITH_CUDA
-  if (device.is_cuda()) return static_cast<std::uint64_t>(allocated(device).current);
-#endif
-  (void)device;
-  return 0;
-}
-
 std::uint64_t device_peak_allocated_bytes(const c10::Device& device) {
 #ifdef QFORGE_WITH_CUDA
-  if (device.is_cuda()) return static_cast<std::uint64_t>(allocated(device).peak);
+  if (device.is_cuda()) {
+    // Bytes allocated to tensors, aggregated over the small- and large-block pools.
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    return static_cast<std::uint64_t>(
+        stats.allocated_bytes[static_cast<std::size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak);
+  }
 #endif
   (void)device;
   return 0;

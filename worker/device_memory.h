@@ -1,6 +1,6 @@
-// GPU memory as LibTorch's CUDA caching allocator counts it: the bytes held by live tensors on a device,
-// and their peak since the last reset (what a calibration step needs, not what the allocator has cached).
-// On the CPU, or in a build without CUDA, both read 0.
+// GPU memory as LibTorch's CUDA caching allocator counts it: the peak of the bytes held by live tensors on a
+// device since the last reset (what a calibration step needs, not what the allocator has cached). On the
+// CPU, or in a build without CUDA, it reads 0.
 #pragma once
 
 #include <c10/core/Device.h>
@@ -9,7 +9,6 @@
 
 namespace qforge::worker {
 
-std::uint64_t device_allocated_bytes(const c10::Device& device);
 std::uint64_t device_peak_allocated_bytes(const c10::Device& device);
 void reset_device_peak(const c10::Device& device);
 

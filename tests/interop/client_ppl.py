@@ -40,15 +40,20 @@ def vllm_nll(model, windows, seqlen, dtype):
             yield -lp[t].logprob
 
 
-def transformers_nll(model, windows, dtype):
+def causal_lm_nll(m, windows):
     import torch
-    import transformers
-    m = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype), device_map="cpu").eval()
     with torch.no_grad():
         for w in windows:
             ids = torch.tensor([w])
             logp = torch.log_softmax(m(input_ids=ids).logits.float()[0, :-1], -1)
             yield from (-logp.gather(1, ids[0, 1:, None])[:, 0]).tolist()
+
+
+def transformers_nll(model, windows, dtype):
+    import torch
+    import transformers
+    m = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype), device_map="cpu").eval()
+    yield from causal_lm_nll(m, windows)
 
 
 def gptqmodel_nll(model, windows, dtype):
@@ -58,11 +63,7 @@ def gptqmodel_nll(model, windows, dtype):
     import torch
     from gptqmodel import BACKEND, GPTQModel
     m = GPTQModel.load(model, device="cpu", backend=BACKEND.GPTQ_TORCH, dtype=getattr(torch, dtype))
-    with torch.no_grad():
-        for w in windows:
-            ids = torch.tensor([w])
-            logp = torch.log_softmax(m.model(input_ids=ids).logits.float()[0, :-1], -1)
-            yield from (-logp.gather(1, ids[0, 1:, None])[:, 0]).tolist()
+    yield from causal_lm_nll(m.model, windows)
 
 
 def main():

@@ -34,6 +34,11 @@ inline std::string run_python(const std::string& args) {
   return r.output;
 }
 
+// Runs the qforge binary with `args` at --log-level warn, stderr into the output.
+inline CommandResult run_qforge(const std::string& args) {
+  return run_command(qforge_binary() + " " + args + " --log-level warn 2>&1");
+}
+
 }  // namespace qforge::test
 
 // Skipped with the reason where the Python clients are not installed, except under CI=true (a failure).

@@ -23,8 +23,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-CommandResult qforge(const std::string& args) { return run_command(qforge_binary() + " " + args + " --log-level warn 2>&1"); }
-
 std::string quantize_flags(const fs::path& model, const fs::path& out, const std::string& bits) {
   return "quantize --model " + shell_quote(model.string()) + " --out " + shell_quote(out.string()) + " " + bits +
          " --method affinequant --calib-data model:generate --nsamples 8 --calib-seqlen 32 --epochs 2 --threads 1";
@@ -40,20 +38,20 @@ TEST_P(HfEndToEnd, QuantizeEvalExportAndTransformersLoad) {
   run_python("make " + arch + " " + shell_quote(model.string()) + " --seed 5");
 
   // W4A4 cannot be exported to compressed-tensors' W4 schemes: refused before anything is calibrated.
-  auto r = qforge(quantize_flags(model, dir / "w4a4-ct", "--wbits 4 --abits 4 --group-size 32") +
+  auto r = run_qforge(quantize_flags(model, dir / "w4a4-ct", "--wbits 4 --abits 4 --group-size 32") +
                   " --export compressed-tensors --export-out " + shell_quote((dir / "w4a4-ct-export").string()));
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("--export"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir / "w4a4-ct"));
   // ... but runs in qforge eval.
-  r = qforge(quantize_flags(model, dir / "w4a4", "--wbits 4 --abits 4"));
+  r = run_qforge(quantize_flags(model, dir / "w4a4", "--wbits 4 --abits 4"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const auto tokens = (dir / "w4a4" / "calibration.tok").string();
   const auto w4a4 = qforge_eval_json("--model " + shell_quote((dir / "w4a4").string()) + " --reference " +
                                      shell_quote(model.string()) + " --data " + shell_quote(tokens) + " --seqlen 32");
   EXPECT_GT(w4a4.value("kl", -1.0), 0.0) << w4a4.dump();
 
-  r = qforge(quantize_flags(model, dir / "w4", "--wbits 4 --group-size 32"));
+  r = run_qforge(quantize_flags(model, dir / "w4", "--wbits 4 --group-size 32"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const auto w4 = qforge_eval_json("--model " + shell_quote((dir / "w4").string()) + " --reference " +
                                    shell_quote(model.string()) + " --data " + shell_quote(tokens) + " --seqlen 32");
@@ -61,7 +59,7 @@ TEST_P(HfEndToEnd, QuantizeEvalExportAndTransformersLoad) {
   EXPECT_LT(w4.value("kl", 1e9), w4a4.value("kl", 0.0)) << w4.dump() << " vs " << w4a4.dump();
 
   const fs::path exported = dir / "w4-ct";
-  r = qforge("export --model " + shell_quote((dir / "w4").string()) + " --format compressed-tensors --out " +
+  r = run_qforge("export --model " + shell_quote((dir / "w4").string()) + " --format compressed-tensors --out " +
              shell_quote(exported.string()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const fs::path ref_file = dir / "w4-ct-logits.safetensors";

@@ -36,8 +36,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-CommandResult qforge(const std::string& args) { return run_command(qforge_binary() + " " + args + " --log-level warn 2>&1"); }
-
 nlohmann::json quantization_config(const fs::path& dir) {
   std::ifstream in(dir / "config.json");
   return nlohmann::json::parse(in).at("quantization_config");
@@ -51,7 +49,7 @@ struct LoadResult {
 // of the export and of `out` itself; every dequantized linear the loader holds equals qforge's fp16 weights.
 LoadResult export_and_load(const fs::path& out, bool dequantize, bool check_weights, const std::string& label) {
   const fs::path exported = out.string() + "-ct";
-  const auto r = qforge("export --model " + shell_quote(out.string()) + " --format compressed-tensors --out " +
+  const auto r = run_qforge("export --model " + shell_quote(out.string()) + " --format compressed-tensors --out " +
                         shell_quote(exported.string()));
   EXPECT_EQ(r.exit_code, 0) << r.output;
   const fs::path ref_file = out.string() + "-logits.safetensors";
@@ -92,7 +90,7 @@ TEST(HfExportLoad, PerBlockBitsExportAsConfigGroupsAndGptqDynamic) {
   const fs::path model = dir / "llama";
   run_python("make llama " + shell_quote(model.string()) + " --seed 7");
   const fs::path out = dir / "w4-b0w8";
-  auto r = qforge(rtn(model, out, "--wbits 4 --group-size 32 --sym --block-override 0:8"));
+  auto r = run_qforge(rtn(model, out, "--wbits 4 --group-size 32 --sym --block-override 0:8"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const LoadResult res = export_and_load(out, /*dequantize=*/false, /*check_weights=*/true, "llama W4 g32 sym, block 0 W8");
   EXPECT_LT(res.vs_export, 1e-3);
@@ -114,7 +112,7 @@ TEST(HfExportLoad, PerBlockBitsExportAsConfigGroupsAndGptqDynamic) {
   // GPTQ writes the same bits as a GPTQModel `dynamic` rule for block 0 (transformers' loader does not read
   // `dynamic`; GPTQModel does: scripts/gptq_check.sh), and qforge reads them back.
   const fs::path gptq = dir / "w4-b0w8-gptq";
-  r = qforge("export --model " + shell_quote(out.string()) + " --format gptq --out " + shell_quote(gptq.string()));
+  r = run_qforge("export --model " + shell_quote(out.string()) + " --format gptq --out " + shell_quote(gptq.string()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(quantization_config(gptq).at("dynamic"),
             nlohmann::json({{"+:model\\.layers\\.(0)\\.(self_attn|mlp)\\.[a-z_]+_proj$", {{"bits", 8}}}}));
@@ -131,7 +129,7 @@ TEST_P(HfExportLoadW8A8, IntQuantizedRunsInTheLoadersCompressedPath) {
   const fs::path model = dir / arch;
   run_python("make " + arch + " " + shell_quote(model.string()) + " --seed 8");
   const fs::path out = dir / "w8a8";
-  const auto r = qforge(rtn(model, out, "--wbits 8 --abits 8 --sym --act-sym --group-size 0"));
+  const auto r = run_qforge(rtn(model, out, "--wbits 8 --abits 8 --sym --act-sym --group-size 0"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const LoadResult res = export_and_load(out, /*dequantize=*/false, /*check_weights=*/false, arch + " W8A8 int-quantized (compressed load)");
   EXPECT_EQ(quantization_config(out.string() + "-ct").at("format"), "int-quantized");
@@ -149,7 +147,7 @@ TEST(HfExportLoad, RealModelW8PerChannelPackQuantized) {
   QF_REQUIRE_DATA(model / "model.safetensors");
   const fs::path dir = make_temp_dir("interop-ref6m");
   const fs::path out = dir / "w8";
-  const auto r = qforge(rtn(model, out, "--wbits 8 --group-size 0"));
+  const auto r = run_qforge(rtn(model, out, "--wbits 8 --group-size 0"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const LoadResult res = export_and_load(out, /*dequantize=*/true, /*check_weights=*/true, "ref-6m W8 per-channel pack-quantized");
   EXPECT_LT(res.vs_export, 1e-3);

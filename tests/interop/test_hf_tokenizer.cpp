@@ -67,9 +67,8 @@ TEST_P(HfTokenizer, IdsEqualTokenizersOnWikiText2AndC4) {
   EXPECT_EQ(got, want) << "WikiText-2: " << first_difference(got, want);
   // The CLI reads it as any tokenizer: `qforge tokenize` of the text writes the same ids.
   const fs::path tok_file = dir / "wiki.tok";
-  const auto r = run_command(qforge_binary() + " tokenize --data-format text --data " + shell_quote(wiki.string()) +
-                             " --tokenizer " + shell_quote(tokenizer_json.string()) + " --out " +
-                             shell_quote(tok_file.string()) + " --log-level warn 2>&1");
+  const auto r = run_qforge("tokenize --data-format text --data " + shell_quote(wiki.string()) + " --tokenizer " +
+                            shell_quote(tokenizer_json.string()) + " --out " + shell_quote(tok_file.string()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(storage::read_token_file(tok_file), want);
 

@@ -176,7 +176,6 @@ std::string parse_error(const json& j) {
 // Per-block bits: compressed-tensors takes them as one config group per bit width and GPTQ as GPTQModel
 // `dynamic` rules, each naming its blocks in the one form the readers take back; a block the format cannot
 // hold, and weight-only blocks beside W8A8 ones, are refused, naming why.
-
 TEST(ExportOverrides, OneConfigGroupPerBitWidthAndTheRefusals) {
   using storage::blocks_target, storage::parse_blocks_target, storage::kCtRegexPrefix, storage::kGptqDynamicPrefix;
   EXPECT_EQ(blocks_target(kCtRegexPrefix, {0, 3, 12}), "re:model\\.layers\\.(0|3|12)\\.(self_attn|mlp)\\.[a-z_]+_proj$");
